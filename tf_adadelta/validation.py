@@ -1,0 +1,198 @@
+"""Checks on arguments and gradients, all done before any state changes."""
+
+import numbers
+import warnings
+from typing import List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tf_adadelta import learning_rate as lr_lib
+from tf_adadelta import slots as slots_lib
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_real(name, value, low=None, high=None, low_open=False,
+                optional=False):
+  if value is None and optional:
+    return
+  if not _is_real(value):
+    raise TypeError(f"Argument `{name}` must be a float. "
+                    f"Received: {name}={value!r} of type "
+                    f"{type(value).__name__}.")
+  if not np.isfinite(value):
+    raise ValueError(f"Argument `{name}` must be finite. Received: "
+                     f"{name}={value!r}.")
+  if low is not None and (value <= low if low_open else value < low):
+    bound = f"> {low}" if low_open else f">= {low}"
+    raise ValueError(f"Argument `{name}` must be {bound}. Received: "
+                     f"{name}={value!r}.")
+  if high is not None and value > high:
+    raise ValueError(f"Argument `{name}` must be <= {high}. Received: "
+                     f"{name}={value!r}.")
+
+
+def _check_int(name, value, low):
+  if value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"Argument `{name}` must be an integer >= {low} or None. "
+                    f"Received: {name}={value!r} of type "
+                    f"{type(value).__name__}.")
+  if value < low:
+    raise ValueError(f"Argument `{name}` must be an integer >= {low} or None. "
+                     f"Received: {name}={value!r}.")
+
+
+def check_constructor_args(*, learning_rate, rho, epsilon, weight_decay,
+                           clipnorm, clipvalue, global_clipnorm, use_ema,
+                           ema_momentum, ema_overwrite_frequency,
+                           loss_scale_factor, gradient_accumulation_steps,
+                           name, jit_compile, kwargs) -> None:
+  """Validates `Adadelta`'s constructor arguments.
+
+  Raises:
+    TypeError: an argument has the wrong type, or is not recognized.
+    ValueError: an argument is out of its range, or clipping modes conflict.
+  """
+  if kwargs:
+    raise TypeError(f"Argument(s) not recognized: {sorted(kwargs)}. "
+                    "Adadelta takes the arguments of "
+                    "keras.optimizers.Adadelta.")
+  lr_lib.check(learning_rate)
+  _check_real("rho", rho, 0.0, 1.0)
+  _check_real("epsilon", epsilon, 0.0, low_open=True)
+  _check_real("weight_decay", weight_decay, 0.0, optional=True)
+  for clip_name, clip in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                          ("global_clipnorm", global_clipnorm)):
+    _check_real(clip_name, clip, 0.0, low_open=True, optional=True)
+  set_clips = [n for n, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                              ("global_clipnorm", global_clipnorm))
+               if v is not None]
+  if len(set_clips) > 1:
+    raise ValueError("Only one of `clipnorm`, `clipvalue` and "
+                     "`global_clipnorm` can be set. Received: "
+                     f"clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                     f"global_clipnorm={global_clipnorm}.")
+  if not isinstance(use_ema, (bool, np.bool_)):
+    raise TypeError(f"Argument `use_ema` must be a bool. Received: "
+                    f"use_ema={use_ema!r}.")
+  _check_real("ema_momentum", ema_momentum, 0.0, 1.0)
+  _check_int("ema_overwrite_frequency", ema_overwrite_frequency, 1)
+  _check_real("loss_scale_factor", loss_scale_factor, 0.0, low_open=True,
+              optional=True)
+  _check_int("gradient_accumulation_steps", gradient_accumulation_steps, 2)
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"Argument `name` must be a non-empty string. Received: "
+                    f"name={name!r}.")
+  if jit_compile not in (None, True, False):
+    raise TypeError("Argument `jit_compile` must be True, False or None "
+                    f"(automatic). Received: jit_compile={jit_compile!r}.")
+
+
+def _variable_name(variable) -> str:
+  return getattr(variable, "name", repr(variable))
+
+
+def _is_float_variable(variable) -> bool:
+  return (isinstance(variable, tf.Variable) and
+          variable.dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64))
+
+
+def check_variable(variable) -> None:
+  """Raises `TypeError` unless `variable` is a float `tf.Variable`."""
+  if not _is_float_variable(variable):
+    raise TypeError(
+        "Adadelta can only update float tf.Variables (float16, bfloat16, "
+        f"float32, float64). Received {type(variable).__name__} "
+        f"'{_variable_name(variable)}'"
+        + (f" of dtype {variable.dtype.name}" if hasattr(variable, "dtype")
+           else "") + ".")
+
+
+def _as_gradient(grad, variable):
+  """Converts NumPy arrays and lists to tensors; keeps tensors as they are."""
+  if isinstance(grad, (tf.Tensor, tf.IndexedSlices)):
+    return grad
+  if hasattr(grad, "values") and isinstance(grad, tf.__internal__.CompositeTensor):
+    raise TypeError(f"The gradient of variable '{_variable_name(variable)}' "
+                    f"has unsupported type {type(grad).__name__}; expected a "
+                    "dense tensor or tf.IndexedSlices.")
+  try:
+    return tf.convert_to_tensor(grad, dtype_hint=variable.dtype)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"The gradient of variable '{_variable_name(variable)}' "
+                    f"could not be converted to a tensor: {e}") from e
+
+
+def _check_gradient(grad, variable):
+  name = _variable_name(variable)
+  if not grad.dtype.is_floating:
+    raise TypeError(f"The gradient of variable '{name}' must be a float "
+                    f"tensor. Received dtype {grad.dtype.name}.")
+  if isinstance(grad, tf.IndexedSlices):
+    row_shape = grad.values.shape[1:]
+    if (variable.shape.rank is not None and
+        not row_shape.is_compatible_with(variable.shape[1:])):
+      raise ValueError(f"The tf.IndexedSlices gradient of variable '{name}' "
+                       f"has rows of shape {row_shape}, but the variable has "
+                       f"shape {variable.shape}.")
+  elif not grad.shape.is_compatible_with(variable.shape):
+    raise ValueError(f"The gradient of variable '{name}' has shape "
+                     f"{grad.shape}, but the variable has shape "
+                     f"{variable.shape}.")
+
+
+def check_grads_and_vars(grads_and_vars) -> Tuple[List, List]:
+  """Validates gradient/variable pairs and drops those with no gradient.
+
+  Args:
+    grads_and_vars: An iterable of `(gradient, variable)` pairs. Gradients may
+      be tensors, `tf.IndexedSlices`, NumPy arrays or `None`.
+
+  Returns:
+    `(grads, variables)`, lists without the pairs whose gradient is `None`.
+
+  Raises:
+    TypeError: a pair is malformed, a variable is not a float `tf.Variable`, or
+      a gradient is not a float tensor.
+    ValueError: every gradient is `None`, a shape does not match its variable,
+      or a variable appears twice.
+  """
+  try:
+    pairs = list(grads_and_vars)
+  except TypeError as e:
+    raise TypeError("Argument `grads_and_vars` must be an iterable of "
+                    f"(gradient, variable) pairs. Received: {grads_and_vars!r}"
+                    ) from e
+  grads, variables, missing, seen = [], [], [], set()
+  for pair in pairs:
+    try:
+      grad, variable = pair
+    except (TypeError, ValueError) as e:
+      raise TypeError("Argument `grads_and_vars` must hold (gradient, "
+                      f"variable) pairs. Received an element {pair!r}.") from e
+    check_variable(variable)
+    key = slots_lib.variable_key(variable)
+    if key in seen:
+      raise ValueError(f"Variable '{_variable_name(variable)}' appears more "
+                       "than once in `grads_and_vars`; sum its gradients "
+                       "first.")
+    seen.add(key)
+    if grad is None:
+      missing.append(_variable_name(variable))
+      continue
+    grad = _as_gradient(grad, variable)
+    _check_gradient(grad, variable)
+    grads.append(grad)
+    variables.append(variable)
+  if pairs and not grads:
+    raise ValueError("No gradients provided for any variable: "
+                     f"{[_variable_name(v) for _, v in pairs]}.")
+  if missing:
+    warnings.warn(f"Gradients do not exist for variables {missing} when "
+                  "minimizing the loss; they are not updated.", stacklevel=3)
+  return grads, variables
