@@ -75,6 +75,13 @@ def global_clip_scale(grads: Sequence, global_clipnorm: float):
   return scale + (norm - norm)
 
 
+def all_finite(grads: Sequence):
+  """A scalar bool tensor: True when no gradient holds a NaN or an Inf."""
+  values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
+  return tf.reduce_all(
+      tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in values]))
+
+
 def scale(grad, factor):
   """Multiplies a gradient by a scalar tensor, in the gradient's dtype."""
   return map_values(lambda g: g * tf.cast(factor, g.dtype), grad)

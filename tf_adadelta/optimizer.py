@@ -87,6 +87,11 @@ class Adadelta(tf.Module):
       None for the automatic choice (False: on CPU the fused kernel is faster
       than XLA's code, see the README's benchmark). The whole step can always
       run inside a caller's `tf.function(jit_compile=True)`.
+    skip_nonfinite_steps: If True, a call whose gradients (summed across
+      replicas and unscaled) hold a NaN or an Inf changes nothing (variables,
+      slots, averages, accumulators, `iterations`) and adds one to the int64
+      variable `skipped_steps`. Defaults to False, as in Keras (such a step
+      writes NaN into the variables).
     skip_gradients_aggregation: If True, gradients given inside
       `strategy.run` are taken as already summed across replicas.
     **kwargs: Not accepted; unknown arguments raise `TypeError`.
@@ -112,6 +117,7 @@ class Adadelta(tf.Module):
                name: str = "adadelta",
                *,
                jit_compile: Optional[bool] = None,
+               skip_nonfinite_steps: bool = False,
                skip_gradients_aggregation: bool = False,
                **kwargs):
     validation.check_constructor_args(
@@ -122,7 +128,8 @@ class Adadelta(tf.Module):
         ema_overwrite_frequency=ema_overwrite_frequency,
         loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps, name=name,
-        jit_compile=jit_compile, kwargs=kwargs)
+        jit_compile=jit_compile, skip_nonfinite_steps=skip_nonfinite_steps,
+        kwargs=kwargs)
     super().__init__(name=_module_name(name))
     self._optimizer_name = name
     self.rho = float(rho)
@@ -137,6 +144,7 @@ class Adadelta(tf.Module):
     self.loss_scale_factor = loss_scale_factor
     self.gradient_accumulation_steps = gradient_accumulation_steps
     self.jit_compile = jit_compile
+    self.skip_nonfinite_steps = bool(skip_nonfinite_steps)
     self.skip_gradients_aggregation = bool(skip_gradients_aggregation)
     self._excluded_keys = frozenset()
     self._excluded_pattern = None
@@ -148,6 +156,8 @@ class Adadelta(tf.Module):
       if gradient_accumulation_steps:
         self.micro_iterations = tf.Variable(0, name="micro_iterations",
                                             **counter)
+      if skip_nonfinite_steps:
+        self.skipped_steps = tf.Variable(0, name="skipped_steps", **counter)
       if lr_lib.is_number(learning_rate):
         learning_rate = tf.Variable(
             float(learning_rate), name="learning_rate", dtype=tf.float32,
@@ -270,8 +280,9 @@ class Adadelta(tf.Module):
     lr = self.learning_rate
     apply_now = self._is_applying_step()
     clip_scale = self._global_clip_scale(grads, variables, apply_now)
-    distribution.in_cross_replica(self._apply_in_cross_replica, grads,
-                                  variables, lr, apply_now, clip_scale)
+    finite = transforms.all_finite(grads) if self.skip_nonfinite_steps else None
+    distribution.in_cross_replica(self._apply_or_skip, grads, variables, lr,
+                                  apply_now, clip_scale, finite)
     return self.iterations
 
   def apply(self, grads: Sequence[Any],
@@ -399,6 +410,7 @@ class Adadelta(tf.Module):
         "rho": self.rho,
         "epsilon": self.epsilon,
         "jit_compile": self.jit_compile,
+        "skip_nonfinite_steps": self.skip_nonfinite_steps,
         "skip_gradients_aggregation": self.skip_gradients_aggregation,
     }
 
@@ -523,6 +535,27 @@ class Adadelta(tf.Module):
     average.assign(momentum * average + (1 - momentum) * var)
     if overwrite is not None:
       tf.cond(overwrite, lambda: var.assign(average).op, tf.no_op)
+
+  def _apply_or_skip(self, strategy, grads, variables, lr, apply_now,
+                     clip_scale, finite):
+    """The whole step, or with `skip_nonfinite_steps` only a skip count."""
+    if finite is None:
+      self._apply_in_cross_replica(strategy, grads, variables, lr, apply_now,
+                                   clip_scale)
+      return
+    # The replicas summed the same gradients, so their flags agree; taking
+    # them all keeps every copy of the state identical even if they do not.
+    finite = tf.reduce_all(
+        tf.stack(strategy.experimental_local_results(finite)))
+
+    def apply_step():
+      self._apply_in_cross_replica(strategy, grads, variables, lr, apply_now,
+                                   clip_scale)
+
+    def skip_step():
+      self.skipped_steps.assign_add(1)
+
+    tf.cond(finite, apply_step, skip_step)
 
   def _apply_in_cross_replica(self, strategy, grads, variables, lr, apply_now,
                               clip_scale):

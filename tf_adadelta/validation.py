@@ -51,7 +51,8 @@ def check_constructor_args(*, learning_rate, rho, epsilon, weight_decay,
                            clipnorm, clipvalue, global_clipnorm, use_ema,
                            ema_momentum, ema_overwrite_frequency,
                            loss_scale_factor, gradient_accumulation_steps,
-                           name, jit_compile, kwargs) -> None:
+                           name, jit_compile, skip_nonfinite_steps=False,
+                           kwargs) -> None:
   """Validates `Adadelta`'s constructor arguments.
 
   Raises:
@@ -91,6 +92,9 @@ def check_constructor_args(*, learning_rate, rho, epsilon, weight_decay,
   if jit_compile not in (None, True, False):
     raise TypeError("Argument `jit_compile` must be True, False or None "
                     f"(automatic). Received: jit_compile={jit_compile!r}.")
+  if not isinstance(skip_nonfinite_steps, (bool, np.bool_)):
+    raise TypeError("Argument `skip_nonfinite_steps` must be a bool. "
+                    f"Received: skip_nonfinite_steps={skip_nonfinite_steps!r}.")
 
 
 def _variable_name(variable) -> str:
