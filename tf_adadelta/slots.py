@@ -16,6 +16,9 @@ import tensorflow as tf
 
 def variable_key(variable) -> str:
   """A key for `variable` that is the same for every replica of it."""
+  if isinstance(variable, tf.distribute.DistributedValues):
+    # The container itself; its `handle` raises outside replica context.
+    return variable._unique_id  # pylint: disable=protected-access
   if hasattr(variable, "_distributed_container"):
     variable = variable._distributed_container()  # pylint: disable=protected-access
   elif hasattr(getattr(variable, "handle", None), "_distributed_container"):
