@@ -209,9 +209,7 @@ class Adadelta(tf.Module):
     Raises:
       TypeError: An element is not a float `tf.Variable`.
     """
-    variables = list(variables)
-    for variable in variables:
-      validation.check_variable(variable)
+    variables = [validation.check_variable(v) for v in variables]
     names = self._slot_names()
     for variable in variables:
       zeros = lambda v=variable: tf.zeros(v.shape, v.dtype)
@@ -372,7 +370,8 @@ class Adadelta(tf.Module):
       raise ValueError("`exclude_from_weight_decay()` must be called before "
                        "the optimizer is built (before its first step).")
     self._excluded_keys = frozenset(
-        slots_lib.variable_key(v) for v in (var_list or []))
+        slots_lib.variable_key(validation.unwrap_variable(v))
+        for v in (var_list or []))
     self._excluded_pattern = (re.compile("|".join(sorted(set(var_names))))
                               if var_names else None)
 
@@ -384,7 +383,7 @@ class Adadelta(tf.Module):
     """
     if not self.use_ema:
       return
-    var_list = list(var_list)
+    var_list = [validation.check_variable(v) for v in var_list]
 
     def overwrite(strategy, variables):
       for var in variables:

@@ -106,15 +106,29 @@ def _is_float_variable(variable) -> bool:
           variable.dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64))
 
 
-def check_variable(variable) -> None:
-  """Raises `TypeError` unless `variable` is a float `tf.Variable`."""
+def unwrap_variable(variable):
+  """Returns the `tf.Variable` behind a Keras 3 variable (others unchanged)."""
+  if not isinstance(variable, tf.Variable) and isinstance(
+      getattr(variable, "value", None), tf.Variable):
+    return variable.value
+  return variable
+
+
+def check_variable(variable) -> tf.Variable:
+  """Returns `variable` as a `tf.Variable`, unwrapping Keras variables.
+
+  Raises:
+    TypeError: `variable` is not a float `tf.Variable` or Keras variable.
+  """
+  variable = unwrap_variable(variable)
   if not _is_float_variable(variable):
     raise TypeError(
         "Adadelta can only update float tf.Variables (float16, bfloat16, "
         f"float32, float64). Received {type(variable).__name__} "
         f"'{_variable_name(variable)}'"
-        + (f" of dtype {variable.dtype.name}" if hasattr(variable, "dtype")
-           else "") + ".")
+        + (f" of dtype {tf.as_dtype(variable.dtype).name}"
+           if hasattr(variable, "dtype") else "") + ".")
+  return variable
 
 
 def _as_gradient(grad, variable):
@@ -179,7 +193,7 @@ def check_grads_and_vars(grads_and_vars) -> Tuple[List, List]:
     except (TypeError, ValueError) as e:
       raise TypeError("Argument `grads_and_vars` must hold (gradient, "
                       f"variable) pairs. Received an element {pair!r}.") from e
-    check_variable(variable)
+    variable = check_variable(variable)
     key = slots_lib.variable_key(variable)
     if key in seen:
       raise ValueError(f"Variable '{_variable_name(variable)}' appears more "
