@@ -233,8 +233,9 @@ class Adadelta(tf.Module):
     Raises:
       KeyError: `var` has no such slot (yet).
     """
-    slot = self._slot_table.get(var, slot_name) if hasattr(
-        var, "_unique_id") or hasattr(var, "handle") else None
+    var = validation.unwrap_variable(var)
+    slot = (self._slot_table.get(var, slot_name)
+            if isinstance(var, tf.Variable) else None)
     if slot is None:
       raise KeyError(f"No slot '{slot_name}' for variable "
                      f"'{getattr(var, 'name', var)}'. Slots: "
