@@ -1,0 +1,1 @@
+"""Runnable examples: train with `tf_adadelta.Adadelta`, export, resume."""
