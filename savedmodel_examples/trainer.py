@@ -85,7 +85,7 @@ class Trainer(tf.Module):
                hidden_units: Sequence[int] = (64,),
                learning_rate: float = 1.0,
                weight_decay: Optional[float] = 1e-4,
-               global_clipnorm: Optional[float] = 5.0,
+               global_clipnorm: Optional[float] = 1.0,
                seed: int = 0):
     super().__init__(name="trainer")
     self.model = MLP(input_dim, hidden_units, num_classes, seed=seed)
