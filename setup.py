@@ -14,6 +14,9 @@ setuptools.setup(
         "tensorflow-datasets",
         "numpy",
         "absl-py",
+        # tensorflow-datasets imports it when preparing a dataset but declares
+        # it only for Python < 3.9 (tensorflow/datasets#11212).
+        "importlib_resources",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
 )
