@@ -9,6 +9,7 @@ import tensorflow as tf
 from tf_adadelta import adadelta_math
 from tf_adadelta import distribution
 from tf_adadelta import gradient_transforms as transforms
+from tf_adadelta import keras_migration
 from tf_adadelta import learning_rate as lr_lib
 from tf_adadelta import slots as slots_lib
 from tf_adadelta import validation
@@ -424,12 +425,63 @@ class Adadelta(tf.Module):
                                                    custom_objects)
     return cls(**config)
 
+  @classmethod
+  def from_keras(cls, keras_optimizer,
+                 variables: Optional[Sequence[tf.Variable]] = None
+                 ) -> "Adadelta":
+    """Continues a `keras.optimizers.Adadelta` run with this class.
+
+    Copies the Keras optimizer's config and, when it is built, its step count
+    and every slot, so training goes on with the same numbers.
+
+    Args:
+      keras_optimizer: A `keras.optimizers.Adadelta`.
+      variables: Required when `keras_optimizer` is built: the variables it was
+        built with, or copies of them, in the same order.
+
+    Returns:
+      A new `Adadelta`, built on `variables` when `keras_optimizer` is built.
+
+    Raises:
+      TypeError: `keras_optimizer` is not a `keras.optimizers.Adadelta`.
+      ValueError: `variables` is missing or does not match.
+    """
+    return keras_migration.from_keras(cls, keras_optimizer, variables)
+
   # --- Checkpoint slot protocol ---------------------------------------------
 
   def _create_or_restore_slot_variable(self, slot_variable_position, slot_name,
                                        variable):
     return self._slot_table.create_or_restore(slot_variable_position,
                                               slot_name, variable)
+
+  # A SavedModel holds the slots as ordinary children (`slots.SlotExport`)
+  # instead of slot references, so it loads without this library; checkpoints
+  # keep the slot protocol. TensorFlow finds slot owners with
+  # `"get_slot_names" in dir(obj)`, so `dir` hides it while a SavedModel is
+  # written (from the SavedModel traversal until the next checkpoint one).
+
+  def _trackable_children(self, save_type=slots_lib.trackable_base.SaveType
+                          .CHECKPOINT, **kwargs):
+    children = super()._trackable_children(save_type, **kwargs)
+    exporting = save_type == slots_lib.trackable_base.SaveType.SAVEDMODEL
+    object.__setattr__(self, "_exporting_slots", exporting)
+    if exporting:
+      children[slots_lib.EXPORTED_SLOTS] = slots_lib.SlotExport(
+          self._slot_table)
+    return children
+
+  def __dir__(self):
+    names = super().__dir__()
+    if getattr(self, "_exporting_slots", False):
+      names = [name for name in names if name != "get_slot_names"]
+    return names
+
+  def _lookup_dependency(self, name, cached_dependencies=None):
+    if name == slots_lib.EXPORTED_SLOTS:
+      # Restoring a SavedModel's checkpoint: its slots, matched by identity.
+      return slots_lib.ExportedSlotsRestorer(self)
+    return super()._lookup_dependency(name, cached_dependencies)
 
   # --- The step -------------------------------------------------------------
 

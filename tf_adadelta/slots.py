@@ -9,9 +9,17 @@ created, lazily, by the first update.
 """
 
 import collections
+import weakref
 from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
+# `SaveType` and `_SlotVariableRestoration` are not exported by `tf`.
+from tensorflow.python.trackable import base as trackable_base  # pylint: disable=g-direct-tensorflow-import
+
+# The child under which a SavedModel holds the slots (see `SlotExport`).
+EXPORTED_SLOTS = "exported_slots"
+# In an exported slot group, the child that is the model variable itself.
+VARIABLE_LINK = "variable"
 
 
 def variable_key(variable) -> str:
@@ -35,6 +43,29 @@ def owning_strategy(variable) -> tf.distribute.Strategy:
 def _slot_name_prefix(variable) -> str:
   name = getattr(variable, "_shared_name", None) or variable.name
   return name.split(":")[0]
+
+
+def check_restorable_shape(position, slot_name: str, variable) -> None:
+  """Raises a clear error before a saved slot of the wrong shape is restored.
+
+  Args:
+    position: The checkpoint position of the saved slot.
+    slot_name: The slot's name.
+    variable: The model variable the slot belongs to.
+
+  Raises:
+    ValueError: The saved value's shape differs from `variable`'s.
+  """
+  saved_shape = position.value_shape()
+  if saved_shape is None:
+    return
+  saved_shape = tf.TensorShape(saved_shape)
+  if not saved_shape.is_compatible_with(variable.shape):
+    raise ValueError(
+        f"Cannot restore the optimizer slot '{slot_name}' of variable "
+        f"'{variable.name}': the checkpoint holds shape {saved_shape}, the "
+        f"variable has shape {variable.shape}. The checkpoint was written for "
+        "a differently shaped model; nothing was restored.")
 
 
 class SlotTable:
@@ -96,6 +127,8 @@ class SlotTable:
           if slot_name in slots:
             continue
           positions = self._deferred[slot_name].pop(key, [])
+          for position in positions:
+            check_restorable_shape(position, slot_name, variable)
           positions.sort(key=lambda p: p.restore_uid, reverse=True)
           if positions:
             initial_value = tf.__internal__.tracking.CheckpointInitialValueCallable(
@@ -108,7 +141,9 @@ class SlotTable:
               dtype=variable.dtype,
               shape=variable.shape,
               trainable=False)
-          for position in positions[1:]:
+          # Binds the slot to its checkpoint nodes (for `assert_consumed`); the
+          # newest value is already its initial value, so nothing is re-read.
+          for position in positions:
             position.restore(slot)
           slots[slot_name] = slot
           self.all_slots.append(slot)
@@ -116,11 +151,120 @@ class SlotTable:
             self._slot_names.append(slot_name)
 
   def create_or_restore(self, slot_variable_position, slot_name: str, variable):
-    """The checkpoint hook: restores an existing slot or defers the value."""
+    """The checkpoint hook: returns an existing slot or defers the value.
+
+    An existing slot is returned unrestored: the caller binds it and restores
+    it together with every other value of the same restore, so a restore that
+    fails changes nothing.
+
+    Raises:
+      ValueError: The saved slot's shape does not match `variable`.
+    """
+    check_restorable_shape(slot_variable_position, slot_name, variable)
     slot = self.get(variable, slot_name)
     if slot is not None:
-      slot_variable_position.restore(slot)
       return slot
     self._deferred[slot_name][variable_key(variable)].append(
         slot_variable_position)
     return None
+
+
+class _SlotGroup(trackable_base.Trackable):
+  """One variable's slots as ordinary children, plus the variable itself."""
+
+  def __init__(self, variable, slots: Dict[str, tf.Variable]):
+    self._variable = variable
+    self._slots = dict(slots)
+
+  def _trackable_children(self, save_type=trackable_base.SaveType.CHECKPOINT,
+                          **kwargs):
+    children = {VARIABLE_LINK: self._variable}
+    children.update(self._slots)
+    return children
+
+
+class SlotExport(trackable_base.Trackable):
+  """The slots of a `SlotTable` as ordinary children, for a SavedModel.
+
+  A SavedModel must not contain slot-variable references: loading one calls
+  `add_slot` on the revived optimizer, which a process without this library
+  does not have. So a SavedModel holds one group per variable instead, whose
+  children are the variable itself (`VARIABLE_LINK`, the same node as the
+  model's) and its slots. Identity stays in the object graph: restoring the
+  SavedModel's checkpoint into an `Adadelta` matches groups to variables
+  through that link (`ExportedSlotsRestorer`), never by position.
+  """
+
+  def __init__(self, table: "SlotTable"):
+    self._table = table
+
+  def _trackable_children(self, save_type=trackable_base.SaveType.CHECKPOINT,
+                          **kwargs):
+    return {str(index): _SlotGroup(variable, self._table.slots_for(variable))
+            for index, variable in enumerate(self._table.variables)}
+
+
+class _ForwardPositions(dict):
+  """Stands in for `Trackable._deferred_dependencies`, forwarding positions.
+
+  TensorFlow defers each child it cannot look up with
+  `_deferred_dependencies.setdefault(name, []).append(position)`; this hands
+  every such position to `receive` at once instead of keeping it.
+  """
+
+  def __init__(self, receive: Callable):
+    super().__init__()
+    self._receive = receive
+
+  def setdefault(self, key, default=None):
+    del key, default
+    return self
+
+  def append(self, position):
+    self._receive(position)
+
+
+class ExportedSlotsRestorer(trackable_base.Trackable):
+  """Restores slots that a SavedModel's checkpoint holds as `SlotExport`.
+
+  The optimizer returns this object for the `EXPORTED_SLOTS` child while a
+  checkpoint is restored. Each group names its variable's node: when that node
+  is already matched to a Python variable, the group's values go through the
+  optimizer's slot hook (restored now, or kept until the slot is created);
+  otherwise they are registered as TensorFlow slot restorations of that node,
+  resolved when the variable is matched.
+  """
+
+  def __init__(self, optimizer):
+    self._optimizer = weakref.ref(optimizer)
+
+  @property
+  def _deferred_dependencies(self):
+    return _ForwardPositions(self._restore_group)
+
+  def _restore_group(self, group_position) -> None:
+    optimizer = self._optimizer()
+    checkpoint = group_position.checkpoint
+    children = {child.local_name: child.node_id
+                for child in group_position.object_proto.children}
+    variable_id = children.pop(VARIABLE_LINK, None)
+    if optimizer is None or variable_id is None:
+      return
+    variable = checkpoint.object_by_proto_id.get(variable_id)
+    optimizer_id = None
+    if variable is None:
+      optimizer_id = next(node_id for node_id, obj in
+                          list(checkpoint.object_by_proto_id.items())
+                          if obj is optimizer)
+    for slot_name, slot_id in children.items():
+      if variable is None:
+        checkpoint.slot_restorations[variable_id].append(
+            trackable_base._SlotVariableRestoration(  # pylint: disable=protected-access
+                optimizer_id=optimizer_id, slot_variable_id=slot_id,
+                slot_name=slot_name))
+        continue
+      slot_position = group_position.create_child_position(slot_id)
+      slot = optimizer._create_or_restore_slot_variable(  # pylint: disable=protected-access
+          slot_position, slot_name, variable)
+      if slot is not None:
+        slot_position.restore(slot)
