@@ -1,0 +1,118 @@
+"""A small model and data set shared by the distributed tests and their workers.
+
+The model has a dense kernel behind a `tanh` (so clipping before or after the
+cross-replica sum gives different numbers), an embedding table read with
+`tf.nn.embedding_lookup` (so its gradient is `tf.IndexedSlices`, with repeated
+ids), and a bias. The loss is summed over examples and divided by the global
+batch size, so summing per-replica gradients gives the global-batch gradient.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+GLOBAL_BATCH = 8
+VOCAB = 6
+STEPS = 4
+
+
+def data(seed: int = 0):
+  """The global batch: `(x, ids, y)` as NumPy arrays; ids repeat."""
+  rng = np.random.RandomState(seed)
+  x = rng.randn(GLOBAL_BATCH, 4).astype(np.float32)
+  ids = np.array([0, 3, 5, 3, 1, 3, 0, 4], np.int32)
+  y = rng.randn(GLOBAL_BATCH, 2).astype(np.float32)
+  return x, ids, y
+
+
+def shard(batch, index: int, count: int):
+  """Rows `[index * n, (index + 1) * n)` of every array, `n = len / count`."""
+  size = GLOBAL_BATCH // count
+  return tuple(a[index * size:(index + 1) * size] for a in batch)
+
+
+def initial_values(seed: int = 1):
+  rng = np.random.RandomState(seed)
+  return {
+      "kernel": rng.randn(4, 2).astype(np.float32),
+      "table": rng.randn(VOCAB, 2).astype(np.float32),
+      "bias": np.array([0.1, -0.2], np.float32),
+  }
+
+
+def make_variables():
+  """Creates the model's variables (call under a strategy's scope)."""
+  return [tf.Variable(value, name=name)
+          for name, value in initial_values().items()]
+
+
+def trainable(variables):
+  """The variables to differentiate: the shards of a sharded variable."""
+  flat = []
+  for v in variables:
+    if isinstance(v, tf.__internal__.distribute.ShardedVariable):
+      flat.extend(v.variables)
+    else:
+      flat.append(v)
+  return flat
+
+
+def loss_fn(variables, x, ids, y):
+  kernel, table, bias = variables
+  pred = (tf.tanh(tf.matmul(x, tf.convert_to_tensor(kernel))) +
+          tf.nn.embedding_lookup(table, ids) + tf.convert_to_tensor(bias))
+  return tf.reduce_sum(tf.square(pred - y)) / GLOBAL_BATCH
+
+
+def step(optimizer, variables, x, ids, y, **apply_kwargs):
+  """One training step (replica function): gradients, then `apply_gradients`."""
+  params = trainable(variables)
+  with tf.GradientTape() as tape:
+    loss = loss_fn(variables, x, ids, y)
+    scaled = optimizer.scale_loss(loss)
+  grads = tape.gradient(scaled, params)
+  optimizer.apply_gradients(zip(grads, params), **apply_kwargs)
+  return loss
+
+
+def values(variable):
+  """A variable's value as NumPy (a sharded one concatenated)."""
+  if isinstance(variable, tf.__internal__.distribute.ShardedVariable):
+    return np.concatenate([s.numpy() for s in variable.variables])
+  return variable.numpy()
+
+
+def dense_step(optimizer, variables, x, ids, y):
+  """`step` with every gradient converted to a dense tensor."""
+  params = trainable(variables)
+  with tf.GradientTape() as tape:
+    loss = loss_fn(variables, x, ids, y)
+  grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, params)]
+  optimizer.apply_gradients(zip(grads, params))
+  return loss
+
+
+def train_one_device(optimizer_fn, steps: int = STEPS, step_fn=step):
+  """The reference: one device, the global batch, `steps` steps.
+
+  Returns:
+    `(variables, optimizer)`.
+  """
+  variables = make_variables()
+  optimizer = optimizer_fn()
+  batch = data()
+  for _ in range(steps):
+    step_fn(optimizer, variables, *batch)
+  return variables, optimizer
+
+
+def state(variables, optimizer):
+  """Every number the optimizer owns: variables, slots and `iterations`."""
+  out = {}
+  for i, v in enumerate(variables):
+    out[f"var/{i}"] = values(v)
+    for name in optimizer.get_slot_names():
+      # A sharded variable's slots are per shard; join them like the shards.
+      out[f"slot/{i}/{name}"] = np.concatenate(
+          [values(optimizer.get_slot(part, name)) for part in trainable([v])])
+  out["iterations"] = np.asarray(int(optimizer.iterations.numpy()))
+  return out
