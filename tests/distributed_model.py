@@ -15,6 +15,32 @@ VOCAB = 6
 STEPS = 4
 
 
+# Optimizer settings the multi-process tests run in their workers, by name.
+# "combined" takes every decision on tensors at once: accumulation, global
+# clipping, EMA with overwrite, weight decay, loss scaling and a schedule.
+OPTIMIZER_SETTINGS = {
+    "plain": {},
+    "clipnorm": {"clipnorm": 2.5},
+    "clipvalue": {"clipvalue": 1.0},
+    "combined": {"gradient_accumulation_steps": 2, "global_clipnorm": 5.0,
+                 "use_ema": True, "ema_momentum": 0.9,
+                 "ema_overwrite_frequency": 2, "weight_decay": 0.05,
+                 "loss_scale_factor": 32.0, "schedule": True},
+}
+
+
+def make_optimizer(setting: str):
+  """A `tf_adadelta.Adadelta` with the named `OPTIMIZER_SETTINGS`."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tf_adadelta  # pylint: disable=g-import-not-at-top
+  kwargs = dict(OPTIMIZER_SETTINGS[setting])
+  learning_rate = 1.0
+  if kwargs.pop("schedule", False):
+    learning_rate = keras.optimizers.schedules.ExponentialDecay(
+        1.0, decay_steps=1, decay_rate=0.5)
+  return tf_adadelta.Adadelta(learning_rate=learning_rate, **kwargs)
+
+
 def data(seed: int = 0):
   """The global batch: `(x, ids, y)` as NumPy arrays; ids repeat."""
   rng = np.random.RandomState(seed)

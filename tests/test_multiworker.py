@@ -1,0 +1,100 @@
+"""MultiWorkerMirroredStrategy with two worker processes equals one device.
+
+Two processes (`multiworker_worker.py`) form a cluster on 127.0.0.1, each
+training on half of the global batch; their variables, slots and counters
+must equal a one-device run on the whole batch, and the chief's checkpoint
+must restore on one device.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import distributed_model as dm
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "multiworker_worker.py")
+SETTINGS = sorted(dm.OPTIMIZER_SETTINGS)
+TIMEOUT_S = 240
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.fixture(scope="module")
+def cluster_output(tmp_path_factory):
+  """Runs the two workers once for every setting; returns their folder."""
+  out_dir = str(tmp_path_factory.mktemp("multiworker"))
+  workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+  processes = []
+  for index in range(2):
+    env = dict(os.environ)
+    env["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": workers},
+        "task": {"type": "worker", "index": index},
+    })
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    processes.append(subprocess.Popen(
+        [sys.executable, WORKER, out_dir] + SETTINGS, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  logs = []
+  try:
+    for process in processes:
+      logs.append(process.communicate(timeout=TIMEOUT_S)[0])
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  for index, process in enumerate(processes):
+    assert process.returncode == 0, (
+        f"worker {index} exited with {process.returncode}:\n"
+        f"{logs[index][-4000:] if index < len(logs) else ''}")
+  return out_dir
+
+
+def _expected(setting):
+  return dm.state(*dm.train_one_device(lambda: dm.make_optimizer(setting)))
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_two_workers_equal_one_device(cluster_output, setting):
+  expected = _expected(setting)
+  for index in range(2):
+    with np.load(os.path.join(cluster_output, f"state_{index}.npz")) as saved:
+      for key, value in expected.items():
+        np.testing.assert_allclose(saved[f"{setting}/{key}"], value,
+                                   rtol=1e-5, atol=1e-10,
+                                   err_msg=f"worker {index}: {key}")
+
+
+@pytest.mark.parametrize("setting", ["combined"])
+def test_chief_checkpoint_restores_on_one_device(cluster_output, setting):
+  variables = [tf.Variable(tf.zeros_like(v)) for v in
+               dm.initial_values().values()]
+  optimizer = dm.make_optimizer(setting)
+  checkpoint = tf.train.Checkpoint(
+      model=tf.train.Checkpoint(
+          **{f"v{i}": v for i, v in enumerate(variables)}),
+      optimizer=optimizer)
+  status = checkpoint.read(os.path.join(cluster_output, f"ckpt_{setting}"))
+  optimizer.build(variables)
+  status.assert_consumed()
+  expected = _expected(setting)
+  actual = dm.state(variables, optimizer)
+  for key, value in expected.items():
+    np.testing.assert_allclose(actual[key], value, rtol=1e-5, atol=1e-10,
+                               err_msg=key)
