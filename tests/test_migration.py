@@ -129,3 +129,34 @@ def test_errors():
                                     variables=variables[1:] + variables[:1])
   with pytest.raises(TypeError, match="keras.optimizers.Adadelta"):
     tf_adadelta.Adadelta.from_keras(keras.optimizers.SGD())
+
+
+def test_keras_model_variables_after_fit():
+  # Keras variables are accepted; the model keeps training through them.
+  x = np.random.RandomState(0).rand(8, 3).astype(np.float32)
+  y = np.ones((8, 2), np.float32)
+
+  def make_model():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adadelta(
+        learning_rate=1.0, gradient_accumulation_steps=2), loss="mse")
+    return model
+
+  reference = make_model()
+  reference.fit(x, y, epochs=5, batch_size=8, verbose=0)
+  model = make_model()
+  model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+  optimizer = tf_adadelta.Adadelta.from_keras(
+      model.optimizer, variables=model.trainable_variables)
+  variables = [v.value for v in model.trainable_variables]
+  for _ in range(2):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean((model(x) - y) ** 2)
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+  for actual, expected in zip(model.trainable_variables,
+                              reference.trainable_variables):
+    np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-6,
+                               atol=1e-7)
+  assert int(optimizer.iterations.numpy()) == int(
+      reference.optimizer.iterations.numpy()) == 2
