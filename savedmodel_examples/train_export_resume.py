@@ -28,6 +28,10 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
+
+# TensorFlow's C++ info and warning lines would bury the program's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if __package__ in (None, ""):
   # Run as a script from a checkout: make `savedmodel_examples` importable.
@@ -110,12 +114,13 @@ def run_resume(train_split, test_split):
       FLAGS.seed, FLAGS.resume_epochs,
       os.path.join(FLAGS.output_dir, "tensorboard", "resume"),
       verbose=FLAGS.verbose)
-  result["tf_adadelta_imported"] = "tf_adadelta" in sys.modules
+  imported = "tf_adadelta" in sys.modules
+  result["tf_adadelta_imported"] = imported
   _write_json(RESUME_METRICS, result)
   print(f"Resumed from step {result['start_iterations']} to "
-        f"{result['final_iterations']} without importing tf_adadelta "
-        f"({'it was imported' if result['tf_adadelta_imported'] else 'ok'}); "
-        f"test accuracy {result['start_test_accuracy']:.4f} -> "
+        f"{result['final_iterations']} in a process that "
+        f"{'DID' if imported else 'did not'} import tf_adadelta; test "
+        f"accuracy {result['start_test_accuracy']:.4f} -> "
         f"{result['test_accuracy']:.4f}.")
 
 
@@ -221,6 +226,8 @@ def run_train(train_split, test_split):
 
 def main(argv):
   del argv  # Unused.
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   tf.io.gfile.makedirs(FLAGS.output_dir)
   train_split, test_split = _load_splits()
   if FLAGS.resume_from:
