@@ -43,7 +43,7 @@ def load(name: str, data_dir: str, split: str,
     split: "train" or "test".
     max_examples: If set, only the first this many examples of the split.
     image_size: If set, images are resized to `image_size` x `image_size`
-      before they are flattened.
+      (by area averaging) before they are flattened.
 
   Returns:
     The split as a `Split`.
@@ -63,7 +63,7 @@ def load(name: str, data_dir: str, split: str,
                                                 _DEFAULT_MAX_PIXEL)
   images = tf.cast(images, tf.float32) / float(max_pixel)
   if image_size:
-    images = tf.image.resize(images, [image_size, image_size], antialias=True)
+    images = tf.image.resize(images, [image_size, image_size], method="area")
   features = tf.reshape(images, [images.shape[0], -1]).numpy()
   num_classes = builder.info.features[builder.info.supervised_keys[1]]
   return Split(features, labels.astype(np.int64), num_classes.num_classes)

@@ -126,6 +126,19 @@ def test_builder_prepares_the_shipped_digits_without_download(tmp_path):
     assert _row_keys(images, labels) == _row_keys(file_images[rows],
                                                   file_labels[rows])
 
+  # What the program trains on: pixels / 16, flattened; or 2x2 block means.
+  split = data.load("uci_digits", str(tmp_path), "test", max_examples=50)
+  images, labels = _as_numpy(builder, "test[:50]")
+  np.testing.assert_array_equal(split.labels, labels)
+  np.testing.assert_allclose(split.features,
+                             images.reshape(50, 64) / 16.0, rtol=1e-6)
+  assert split.num_classes == 10
+  small = data.load("uci_digits", str(tmp_path), "test", max_examples=50,
+                    image_size=4)
+  blocks = images.reshape(50, 4, 2, 4, 2).mean(axis=(2, 4)) / 16.0
+  np.testing.assert_allclose(small.features, blocks.reshape(50, 16),
+                             rtol=1e-6)
+
 
 
 def test_training_makes_the_loss_fall(train_metrics):
