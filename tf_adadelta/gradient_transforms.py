@@ -40,7 +40,14 @@ def clip_by_value(grad, clipvalue: float):
 
 
 def clip_by_norm(grad, clipnorm: float):
-  """Rescales `grad` so that its L2 norm is at most `clipnorm`."""
+  """Rescales `grad` so that its L2 norm is at most `clipnorm`.
+
+  Half-precision gradients are clipped in float32: in float16 the sum of
+  squares overflows once the norm passes 256, which would zero the gradient.
+  """
+  if grad.dtype in (tf.float16, tf.bfloat16):
+    return cast_to(tf.clip_by_norm(cast_to(grad, tf.float32), clipnorm),
+                   grad.dtype)
   return tf.clip_by_norm(grad, clipnorm)
 
 

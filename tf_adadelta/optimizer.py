@@ -582,7 +582,9 @@ class Adadelta(tf.Module):
 
   def _update_average(self, var, average, keep_history, overwrite):
     """EMA of one variable (Keras's formula), then the optional overwrite."""
-    momentum = tf.cast(keep_history, var.dtype) * tf.cast(
+    # `tf.constant`, not `tf.cast`: a cast of a Python float rounds it to
+    # float32 first, which Keras's float64 average does not.
+    momentum = tf.cast(keep_history, var.dtype) * tf.constant(
         self.ema_momentum, var.dtype)
     average.assign(momentum * average + (1 - momentum) * var)
     if overwrite is not None:
