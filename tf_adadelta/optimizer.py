@@ -21,7 +21,8 @@ GRADIENT_ACCUMULATOR = "gradient_accumulator"
 
 # The slots of one variable, as the per-variable update function receives them.
 _Slots = collections.namedtuple(
-    "_Slots", ["accumulated_grad", "accumulated_delta_var", "accumulator"])
+    "_Slots",
+    ["accumulated_grad", "accumulated_delta_var", "accumulator", "average"])
 
 
 class _Untracked:
@@ -85,9 +86,10 @@ class Adadelta(tf.Module):
       last update.
     name: The optimizer's name. Defaults to "adadelta".
     jit_compile: Compile the per-variable update with XLA: True, False, or
-      None for the automatic choice (False: on CPU the fused kernel is faster
-      than XLA's code, see the README's benchmark). The whole step can always
-      run inside a caller's `tf.function(jit_compile=True)`.
+      None for the automatic choice: compiled when weight decay, clipping or
+      EMA is set and the gradient is dense, else TensorFlow's fused kernel
+      (see the README's benchmark). The whole step can always run inside a
+      caller's `tf.function(jit_compile=True)`.
     skip_nonfinite_steps: If True, a call whose gradients (summed across
       replicas and unscaled) hold a NaN or an Inf changes nothing (variables,
       slots, averages, accumulators, `iterations`) and adds one to the int64
@@ -172,10 +174,9 @@ class Adadelta(tf.Module):
     table = slots_lib.SlotTable()
     object.__setattr__(self, "_slot_table", table)
     object.__setattr__(self, "_slot_variables", table.all_slots)
-    update_fn = self._update_variable
-    if jit_compile:
-      update_fn = tf.function(update_fn, jit_compile=True, autograph=False)
-    object.__setattr__(self, "_compiled_update", _Untracked(update_fn))
+    compiled = tf.function(self._update_variable, jit_compile=True,
+                           autograph=False)
+    object.__setattr__(self, "_compiled_update", _Untracked(compiled))
 
   # --- Public surface -------------------------------------------------------
 
@@ -547,10 +548,36 @@ class Adadelta(tf.Module):
       return transforms.clip_by_value(grad, self.clipvalue)
     return grad
 
-  def _update_variable(self, var, grad, slots, lr, apply_now, clip_scale,
-                       decay):
+  def _compiles_update(self, grad, applying: Optional[bool]) -> bool:
+    """Whether the update of a variable with `grad` runs compiled by XLA.
+
+    The automatic choice (`jit_compile=None`), from the benchmark in the
+    README: a plain step is one pass of TensorFlow's fused kernel, which XLA's
+    code does not beat; each of weight decay, clipping and EMA adds passes over
+    memory that one compiled function folds into a single one. Sparse updates
+    are scatters, which XLA does not speed up.
+    """
+    if self.jit_compile is not None:
+      return self.jit_compile
+    if isinstance(grad, tf.IndexedSlices):
+      return False
+    if self.use_ema:
+      return True
+    # An accumulation micro-step is a single `assign_add` either way.
+    return applying is not False and (
+        self.weight_decay is not None or self.clipnorm is not None or
+        self.clipvalue is not None or self.global_clipnorm is not None)
+
+  def _update_variable(self, var, grad, slots, lr, applying, clip_scale,
+                       decay, ema):
     """The whole per-variable step: clip, decay, Adadelta; or accumulate.
 
+    With gradient accumulation, `applying` (a Python bool) tells an applying
+    step from a micro-step; without, it is None.
+
+    Then, with `use_ema`, the average of `var` (`ema` holds the arguments of
+    `_update_average`): it depends on this variable alone, so doing it here
+    rather than in a loop of its own saves a pass over memory when compiled.
     Runs once per copy of `var` (inside `strategy.extended.update`), and is
     the function that `jit_compile` compiles.
     """
@@ -564,21 +591,16 @@ class Adadelta(tf.Module):
                           slots.accumulated_delta_var, g, lr, self.rho,
                           self.epsilon)
 
-    if slots.accumulator is None:
+    if applying is None:
       step(grad)
-      return
-
-    accumulator = slots.accumulator
-
-    def applying_step():
+    elif applying:
       step(transforms.average_with_accumulator(
-          grad, accumulator, self.gradient_accumulation_steps))
-      accumulator.assign(tf.zeros_like(accumulator))
-
-    def micro_step():
-      accumulator.assign_add(transforms.to_dense(grad))
-
-    tf.cond(apply_now, applying_step, micro_step)
+          grad, slots.accumulator, self.gradient_accumulation_steps))
+      slots.accumulator.assign(tf.zeros_like(slots.accumulator))
+    else:
+      slots.accumulator.assign_add(transforms.to_dense(grad))
+    if slots.average is not None:
+      self._update_average(var, slots.average, *ema)
 
   def _update_average(self, var, average, keep_history, overwrite):
     """EMA of one variable (Keras's formula), then the optional overwrite."""
@@ -613,24 +635,44 @@ class Adadelta(tf.Module):
 
   def _apply_in_cross_replica(self, strategy, grads, variables, lr, apply_now,
                               clip_scale):
-    update_fn = self._compiled_update.value
-    for grad, var in zip(grads, variables):
-      slots = self._slot_table.slots_for(var)
-      distribution.update(
-          strategy, var, update_fn, grad,
-          _Slots(slots[ACCUMULATED_GRAD], slots[ACCUMULATED_DELTA_VAR],
-                 slots.get(GRADIENT_ACCUMULATOR)),
-          lr, apply_now, clip_scale, self._use_weight_decay(var))
+    ema = None
     if self.use_ema:
       keep_history = tf.not_equal(self.iterations, 0)
       overwrite = None
       if self.ema_overwrite_frequency:
         overwrite = tf.equal(
             (self.iterations + 1) % self.ema_overwrite_frequency, 0)
-      for var in self._slot_table.variables:
-        distribution.update(strategy, var, self._update_average,
-                            self._slot_table.get(var, AVERAGE), keep_history,
-                            overwrite)
+      ema = (keep_history, overwrite)
+
+    def update_all(applying):
+      updated = set()
+      for grad, var in zip(grads, variables):
+        slots = self._slot_table.slots_for(var)
+        update_fn = (self._compiled_update.value
+                     if self._compiles_update(grad, applying)
+                     else self._update_variable)
+        distribution.update(
+            strategy, var, update_fn, grad,
+            _Slots(slots[ACCUMULATED_GRAD], slots[ACCUMULATED_DELTA_VAR],
+                   slots.get(GRADIENT_ACCUMULATOR), slots.get(AVERAGE)),
+            lr, applying, clip_scale, self._use_weight_decay(var), ema)
+        updated.add(slots_lib.variable_key(var))
+      if self.use_ema:
+        # Keras averages every variable the optimizer was built with, also
+        # those without a gradient in this call.
+        for var in self._slot_table.variables:
+          if slots_lib.variable_key(var) not in updated:
+            distribution.update(strategy, var, self._update_average,
+                                self._slot_table.get(var, AVERAGE), *ema)
+
+    if apply_now is None:
+      update_all(None)
+    else:
+      # One `tf.cond` for all variables rather than one per variable: a
+      # micro-step then costs the accumulator updates and little else. The
+      # flag is read again here, as `apply_now` may be a per-replica value.
+      tf.cond(self._is_applying_step(), lambda: update_all(True),
+              lambda: update_all(False))
     if self.gradient_accumulation_steps:
       self.micro_iterations.assign_add(1)
       self.iterations.assign(self.micro_iterations //
