@@ -278,7 +278,9 @@ class Adadelta(tf.Module):
       grads = distribution.all_reduce_sum(grads)
     grads = transforms.unscale(grads, self.loss_scale_factor)
     grads = [transforms.cast_to(g, v.dtype) for g, v in zip(grads, variables)]
-    lr = self.learning_rate
+    # A tensor, not the variable: the update runs on each variable's device
+    # (a parameter server's), which cannot read a resource held elsewhere.
+    lr = tf.convert_to_tensor(self.learning_rate)
     apply_now = self._is_applying_step()
     clip_scale = self._global_clip_scale(grads, variables, apply_now)
     finite = transforms.all_finite(grads) if self.skip_nonfinite_steps else None
