@@ -84,8 +84,12 @@ def trainable(variables):
 
 def loss_fn(variables, x, ids, y):
   kernel, table, bias = variables
+  # A sharded table is looked up shard by shard ("div" partitioning, as
+  # `FixedShardsPartitioner` splits rows), so each shard gets its own
+  # `tf.IndexedSlices` gradient.
   pred = (tf.tanh(tf.matmul(x, tf.convert_to_tensor(kernel))) +
-          tf.nn.embedding_lookup(table, ids) + tf.convert_to_tensor(bias))
+          tf.nn.embedding_lookup(trainable([table]), ids) +
+          tf.convert_to_tensor(bias))
   return tf.reduce_sum(tf.square(pred - y)) / GLOBAL_BATCH
 
 

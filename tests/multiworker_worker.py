@@ -22,6 +22,17 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tests import distributed_model as dm  # pylint: disable=g-import-not-at-top
 
 
+def _make_step(strategy, optimizer, variables):
+  # A closure: variables passed as `tf.function` arguments would be traced as
+  # inputs, not captured.
+  @tf.function
+  def distributed_step(x, ids, y):
+    return strategy.run(lambda *b: dm.step(optimizer, variables, *b),
+                        args=(x, ids, y))
+
+  return distributed_step
+
+
 def main(out_dir, settings):
   task = json.loads(os.environ["TF_CONFIG"])["task"]
   index = task["index"]
@@ -37,11 +48,7 @@ def main(out_dir, settings):
       variables = dm.make_variables()
       optimizer = dm.make_optimizer(setting)
 
-    @tf.function
-    def distributed_step(x, ids, y, optimizer=optimizer, variables=variables):
-      return strategy.run(
-          lambda *b: dm.step(optimizer, variables, *b), args=(x, ids, y))
-
+    distributed_step = _make_step(strategy, optimizer, variables)
     for _ in range(dm.STEPS):
       distributed_step(*batch)
     for key, value in dm.state(variables, optimizer).items():

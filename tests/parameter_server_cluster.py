@@ -1,0 +1,117 @@
+"""Trains under ParameterServerStrategy on an in-process cluster, for tests.
+
+Starts `tf.distribute.Server`s on 127.0.0.1 (the workers and two parameter
+servers) in this process, which is also the coordinator, then for every
+optimizer setting trains the `distributed_model` through a `ClusterCoordinator`
+and writes to `<out>/result.npz`: every number the optimizer owns, the device
+of every variable and its slots, and the loss of every step. With one
+worker each step is joined before the next, so the steps run in order and
+must equal one device; with more workers steps run concurrently and only the
+loss is meaningful. A checkpoint per setting is written to `<out>/ckpt_*`.
+
+A separate process because TensorFlow connects a process to one cluster.
+
+Usage: parameter_server_cluster.py OUT_DIR WORKERS SHARDS STEPS SETTING...
+"""
+
+import os
+import socket
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from tests import distributed_model as dm  # pylint: disable=g-import-not-at-top
+
+NUM_PS = 2
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def start_cluster(num_workers):
+  ports = _free_ports(num_workers + NUM_PS)
+  spec = {
+      "worker": [f"127.0.0.1:{p}" for p in ports[:num_workers]],
+      "ps": [f"127.0.0.1:{p}" for p in ports[num_workers:]],
+  }
+  cluster = tf.train.ClusterSpec(spec)
+  # In-process workers share this process's thread pools; with fewer cores
+  # than workers + 1 they wait on each other forever without more threads.
+  config = tf.compat.v1.ConfigProto(
+      inter_op_parallelism_threads=num_workers + 1)
+  servers = [
+      tf.distribute.Server(cluster, job_name=job, task_index=i, config=config,
+                           protocol="grpc", start=True)
+      for job in spec for i in range(len(spec[job]))
+  ]
+  resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+      cluster, rpc_layer="grpc")
+  return resolver, servers
+
+
+def _make_train_step(strategy, optimizer, variables, batch):
+  # A closure: variables passed as `tf.function` arguments would be traced as
+  # inputs and rebuilt inside the function, not captured.
+  @tf.function
+  def train_step():
+    return strategy.run(
+        lambda: dm.step(optimizer, variables, *(tf.constant(a) for a in batch)))
+
+  return train_step
+
+
+def main(out_dir, num_workers, num_shards, steps, settings):
+  resolver, servers = start_cluster(num_workers)
+  partitioner = None
+  if num_shards > 1:
+    partitioner = tf.distribute.experimental.partitioners.FixedShardsPartitioner(
+        num_shards)
+  strategy = tf.distribute.experimental.ParameterServerStrategy(
+      resolver, variable_partitioner=partitioner)
+  coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(
+      strategy)
+  batch = dm.data()
+  arrays = {}
+  for setting in settings:
+    with strategy.scope():
+      variables = dm.make_variables()
+      optimizer = dm.make_optimizer(setting)
+
+    train_step = _make_train_step(strategy, optimizer, variables, batch)
+    losses = []
+    for _ in range(steps):
+      losses.append(coordinator.schedule(train_step))
+      if num_workers == 1:
+        coordinator.join()
+    coordinator.join()
+    arrays[f"{setting}/losses"] = np.array([l.fetch() for l in losses])
+    for key, value in dm.state(variables, optimizer).items():
+      arrays[f"{setting}/{key}"] = value
+    devices = []
+    for part in dm.trainable(variables):
+      devices.append([part.device] + [
+          optimizer.get_slot(part, name).device
+          for name in optimizer.get_slot_names()])
+    arrays[f"{setting}/devices"] = np.array(devices)
+    tf.train.Checkpoint(
+        model=tf.train.Checkpoint(
+            **{f"v{i}": v for i, v in enumerate(variables)}),
+        optimizer=optimizer).write(os.path.join(out_dir, f"ckpt_{setting}"))
+  np.savez(os.path.join(out_dir, "result.npz"), **arrays)
+  del servers
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+       sys.argv[5:])

@@ -1,0 +1,124 @@
+"""ParameterServerStrategy with a ClusterCoordinator equals one device.
+
+Each cluster (workers and two parameter servers as `tf.distribute.Server`s on
+127.0.0.1, with this test's coordinator) runs in its own process,
+`parameter_server_cluster.py`, because TensorFlow connects a process to a
+single cluster. The three clusters start together.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import distributed_model as dm
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "parameter_server_cluster.py")
+TIMEOUT_S = 240
+# Settings whose every step is elementwise in a variable's rows, or global, so
+# that sharding a variable does not change them. `clipnorm` is per tensor: on
+# a sharded variable each shard is clipped by its own norm.
+SHARDED_SETTINGS = ["clipvalue", "combined", "plain"]
+# (workers, shards, steps, settings) per cluster.
+CLUSTERS = {
+    "one_worker": (1, 1, dm.STEPS, sorted(dm.OPTIMIZER_SETTINGS)),
+    "sharded": (1, 2, dm.STEPS, SHARDED_SETTINGS),
+    "two_workers": (2, 2, 12, ["plain"]),
+}
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+  """Runs every cluster once; returns {cluster: (folder, result arrays)}."""
+  processes = {}
+  for name, (workers, shards, steps, settings) in CLUSTERS.items():
+    folder = str(tmp_path_factory.mktemp(name))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    processes[name] = (folder, subprocess.Popen(
+        [sys.executable, SCRIPT, folder, str(workers), str(shards),
+         str(steps)] + settings,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  results = {}
+  try:
+    for name, (folder, process) in processes.items():
+      log = process.communicate(timeout=TIMEOUT_S)[0]
+      assert process.returncode == 0, (
+          f"cluster {name} exited with {process.returncode}:\n{log[-4000:]}")
+      with np.load(os.path.join(folder, "result.npz")) as arrays:
+        results[name] = (folder, dict(arrays))
+  finally:
+    for _, process in processes.values():
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  return results
+
+
+def _expected(setting):
+  return dm.state(*dm.train_one_device(lambda: dm.make_optimizer(setting)))
+
+
+def _assert_equals_one_device(arrays, setting):
+  for key, value in _expected(setting).items():
+    np.testing.assert_allclose(arrays[f"{setting}/{key}"], value, rtol=1e-5,
+                               atol=1e-10, err_msg=key)
+
+
+@pytest.mark.parametrize("setting", sorted(dm.OPTIMIZER_SETTINGS))
+def test_one_worker_equals_one_device(clusters, setting):
+  _assert_equals_one_device(clusters["one_worker"][1], setting)
+
+
+@pytest.mark.parametrize("setting", SHARDED_SETTINGS)
+def test_sharded_variables_equal_one_device(clusters, setting):
+  _assert_equals_one_device(clusters["sharded"][1], setting)
+
+
+@pytest.mark.parametrize("cluster", ["one_worker", "sharded"])
+def test_slots_are_placed_beside_their_variable(clusters, cluster):
+  arrays = clusters[cluster][1]
+  for setting in CLUSTERS[cluster][3]:
+    devices = arrays[f"{setting}/devices"]
+    # kernel, table and bias, each in one piece or two shards.
+    assert len(devices) == 3 * CLUSTERS[cluster][1]
+    for row in devices:
+      assert "/job:ps/" in row[0], row
+      assert set(row) == {row[0]}, row
+    if CLUSTERS[cluster][1] == 2:
+      # Shard i of every variable on parameter server i.
+      assert [row[0].split("/")[3] for row in devices] == ["task:0", "task:1"] * 3
+
+
+def test_two_workers_train_and_the_loss_falls(clusters):
+  arrays = clusters["two_workers"][1]
+  losses = arrays["plain/losses"]
+  assert losses.shape == (12,)
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < losses[0]
+  # Every scheduled step was applied once.
+  assert int(arrays["plain/iterations"]) == 12
+
+
+@pytest.mark.parametrize("setting", ["combined"])
+def test_checkpoint_restores_on_one_device(clusters, setting):
+  """Written by the coordinator (variables on parameter servers)."""
+  folder = clusters["one_worker"][0]
+  variables = [tf.Variable(tf.zeros_like(v)) for v in
+               dm.initial_values().values()]
+  optimizer = dm.make_optimizer(setting)
+  checkpoint = tf.train.Checkpoint(
+      model=tf.train.Checkpoint(
+          **{f"v{i}": v for i, v in enumerate(variables)}),
+      optimizer=optimizer)
+  status = checkpoint.read(os.path.join(folder, f"ckpt_{setting}"))
+  optimizer.build(variables)
+  status.assert_consumed()
+  actual = dm.state(variables, optimizer)
+  for key, value in _expected(setting).items():
+    np.testing.assert_allclose(actual[key], value, rtol=1e-5, atol=1e-10,
+                               err_msg=key)
