@@ -62,21 +62,27 @@ def apply_sparse(var, accumulated_grad, accumulated_delta_var, grad, lr, rho,
     epsilon: Python float, added inside both square roots.
   """
   dtype = var.dtype
-  rows = tf.shape(var, out_type=grad.indices.dtype)[0]
   indices, values = grad.indices, grad.values
   rho_t = tf.constant(rho, dtype)
   one_minus_rho = tf.constant(1 - rho, dtype)
   eps = tf.constant(epsilon, dtype)
+  # Keras computes `rho * acc + unsorted_segment_sum(x, indices, rows)`.
+  # Decaying `acc` in place and scattering `x` into it gives the same numbers
+  # (a duplicated row adds its terms one by one, which can differ in the last
+  # bit) while moving each accumulator once, instead of building and adding
+  # dense tensors of every row. Static shapes only, so XLA compiles it.
+  def decay_and_add(accumulator, contributions):
+    accumulator.assign(rho_t * accumulator)
+    accumulator.scatter_add(
+        tf.IndexedSlices(contributions, indices, grad.dense_shape))
 
-  new_acc_g = rho_t * accumulated_grad + tf.math.unsorted_segment_sum(
-      one_minus_rho * tf.square(values), indices, rows)
-  accumulated_grad.assign(new_acc_g)
-  rms_delta = tf.gather(tf.sqrt(accumulated_delta_var + eps), indices)
-  rms_grad = tf.gather(tf.sqrt(new_acc_g + eps), indices)
+  # Read before the accumulators change; `sqrt(gather(x))` is
+  # `gather(sqrt(x))` computed on the touched rows only.
+  rms_delta = tf.sqrt(tf.gather(accumulated_delta_var, indices) + eps)
+  decay_and_add(accumulated_grad, one_minus_rho * tf.square(values))
+  rms_grad = tf.sqrt(tf.gather(accumulated_grad, indices) + eps)
   delta = -((rms_delta * values) / rms_grad)
-  accumulated_delta_var.assign(
-      rho_t * accumulated_delta_var + tf.math.unsorted_segment_sum(
-          one_minus_rho * tf.square(delta), indices, rows))
+  decay_and_add(accumulated_delta_var, one_minus_rho * tf.square(delta))
   var.scatter_add(tf.IndexedSlices(lr * delta, indices, grad.dense_shape))
 
 

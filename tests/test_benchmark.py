@@ -1,0 +1,35 @@
+"""The benchmark script runs end to end on a tiny workload and prints a table.
+
+Only that it runs and what it reports are checked; no timing is asserted.
+"""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_run_prints_a_row_per_contender():
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark_adadelta.py"),
+       "--quick", "--workloads=large,embedding",
+       "--configs=default,featured,accumulation"],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [[cell.strip() for cell in line.strip("|").split("|")]
+          for line in result.stdout.splitlines() if line.startswith("| ")]
+  header, body = rows[0], rows[1:]
+  assert header[:6] == ["workload", "config", "phase", "contender", "ms/step",
+                        "GB/s"]
+  seen = {(row[1], row[2], row[3]) for row in body}
+  for config in ("default", "featured"):
+    assert (config, "step", "keras") in seen
+    assert (config, "step", "tf_adadelta") in seen
+    assert (config, "step", "memory reference") in seen
+  assert ("default", "step", "fused kernel") in seen
+  assert ("accumulation", "apply step", "tf_adadelta") in seen
+  assert ("accumulation", "micro-step", "tf_adadelta") in seen
+  assert ("accumulation", "micro-step", "accumulator RMW") in seen
+  for row in body:
+    assert float(row[4]) > 0
