@@ -32,6 +32,16 @@ class _Untracked:
     self.value = value
 
 
+def _shard_groups(variables) -> List[List[int]]:
+  """Positions of the shards of each `ShardedVariable` given in two or more."""
+  groups = collections.OrderedDict()
+  for i, variable in enumerate(variables):
+    container = getattr(variable, "_sharded_container", None)
+    if container is not None and container() is not None:
+      groups.setdefault(id(container()), []).append(i)
+  return [group for group in groups.values() if len(group) > 1]
+
+
 def _module_name(name: str) -> str:
   """`tf.Module` names must be Python identifiers; Keras's need not be."""
   cleaned = re.sub(r"\W", "_", name)
@@ -518,18 +528,41 @@ class Adadelta(tf.Module):
         grad, accumulator, self.gradient_accumulation_steps)
 
   def _global_clip_scale(self, grads, variables, apply_now):
-    """The factor of global-norm clipping, computed once for all variables."""
-    if self.global_clipnorm is None:
-      return None
+    """Clipping factors that need several gradients: one per variable.
+
+    With `global_clipnorm`, the factor of all gradients together. With
+    `clipnorm`, that of the shards of each sharded variable together, so the
+    norm is the whole variable's, as on one device; other variables are
+    clipped alone in `_clip`. None where no such factor applies.
+    """
+    if self.global_clipnorm is not None:
+      groups, clipnorm = [list(range(len(variables)))], self.global_clipnorm
+    elif self.clipnorm is not None:
+      groups, clipnorm = _shard_groups(variables), self.clipnorm
+    else:
+      groups = []
+    scales = [None] * len(variables)
+    if not groups:
+      return scales
+
+    def compute(gradient_of):
+      return [transforms.global_clip_scale([gradient_of(i) for i in group],
+                                           clipnorm) for group in groups]
+
     if apply_now is None:
-      return transforms.global_clip_scale(grads, self.global_clipnorm)
-    dtype = transforms.norm_dtype(grads)
-    return tf.cond(
-        apply_now,
-        lambda: transforms.global_clip_scale(
-            [self._effective_gradient(g, v, apply_now)
-             for g, v in zip(grads, variables)], self.global_clipnorm),
-        lambda: tf.ones([], dtype))
+      values = compute(lambda i: grads[i])
+    else:
+      dtypes = [transforms.norm_dtype([grads[i] for i in group])
+                for group in groups]
+      values = tf.cond(
+          apply_now,
+          lambda: compute(lambda i: self._effective_gradient(
+              grads[i], variables[i], apply_now)),
+          lambda: [tf.ones([], dtype) for dtype in dtypes])
+    for group, value in zip(groups, values):
+      for i in group:
+        scales[i] = value
+    return scales
 
   def _use_weight_decay(self, variable) -> bool:
     if self.weight_decay is None:
@@ -542,10 +575,10 @@ class Adadelta(tf.Module):
     return True
 
   def _clip(self, grad, clip_scale):
+    if clip_scale is not None:
+      return transforms.scale(grad, clip_scale)
     if self.clipnorm is not None:
       return transforms.clip_by_norm(grad, self.clipnorm)
-    if self.global_clipnorm is not None:
-      return transforms.scale(grad, clip_scale)
     if self.clipvalue is not None:
       return transforms.clip_by_value(grad, self.clipvalue)
     return grad
@@ -648,7 +681,7 @@ class Adadelta(tf.Module):
 
     def update_all(applying):
       updated = set()
-      for grad, var in zip(grads, variables):
+      for grad, var, var_clip_scale in zip(grads, variables, clip_scale):
         slots = self._slot_table.slots_for(var)
         update_fn = (self._compiled_update.value
                      if self._compiles_update(grad, applying)
@@ -657,7 +690,7 @@ class Adadelta(tf.Module):
             strategy, var, update_fn, grad,
             _Slots(slots[ACCUMULATED_GRAD], slots[ACCUMULATED_DELTA_VAR],
                    slots.get(GRADIENT_ACCUMULATOR), slots.get(AVERAGE)),
-            lr, applying, clip_scale, self._use_weight_decay(var), ema)
+            lr, applying, var_clip_scale, self._use_weight_decay(var), ema)
         updated.add(slots_lib.variable_key(var))
       if self.use_ema:
         # Keras averages every variable the optimizer was built with, also
