@@ -278,3 +278,45 @@ def test_build_rejects_non_float_variables_and_changes_nothing():
   with pytest.raises(TypeError, match="int_counter"):
     opt.build([variables[0], _INT_VARIABLE])
   state_snapshot.assert_unchanged(before, opt, variables)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["function", "xla"])
+@pytest.mark.parametrize("config", sorted(_OPTIMIZER_CONFIGS))
+def test_shape_mismatch_found_only_when_run_changes_nothing(config,
+                                                            jit_compile):
+  # With `None` in the input signature the shapes are unknown while tracing;
+  # the mismatch is caught when the step runs, still before any update.
+  variables = _model()
+  opt = _optimizer(config, 3, variables)
+  spec = tf.TensorSpec(None, tf.float32)
+
+  @tf.function(input_signature=[spec, spec], jit_compile=jit_compile)
+  def step(grad_w, grad_b):
+    opt.apply_gradients([(grad_w, variables[0]), (grad_b, variables[1])])
+
+  before = state_snapshot.snapshot(opt, variables)
+  with pytest.raises(tf.errors.InvalidArgumentError) as info:
+    step(_grads()[0], tf.ones([4]))
+  if not jit_compile:
+    assert "dense_b" in str(info.value)
+  state_snapshot.assert_unchanged(before, opt, variables)
+  # The same function still takes good gradients.
+  step(*_grads())
+  assert not np.array_equal(variables[1].numpy(), before[-1][1])
+
+
+def test_sparse_rows_mismatch_found_only_when_run_changes_nothing():
+  variables = _model()
+  opt = _optimizer("all_state", 2, variables)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
+  def step(rows):
+    grad = tf.IndexedSlices(rows, tf.constant([1]), tf.constant([2, 2]))
+    opt.apply_gradients([(_grads()[0], variables[0]), (grad, variables[1])])
+
+  before = state_snapshot.snapshot(opt, variables)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="dense_b"):
+    step(tf.ones([1, 3]))
+  state_snapshot.assert_unchanged(before, opt, variables)
+  step(tf.ones([1, 2]))
+  assert opt.micro_iterations.numpy() == 3

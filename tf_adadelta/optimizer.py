@@ -279,6 +279,7 @@ class Adadelta(tf.Module):
     grads, variables = validation.check_grads_and_vars(grads_and_vars)
     if not variables:
       return self.iterations
+    grads, shape_checks = validation.ensure_shapes(grads, variables)
     new = [v for v in variables if not self._slot_table.has(v)]
     if new:
       distribution.in_cross_replica(lambda _, vs: self.build(vs), new)
@@ -295,7 +296,7 @@ class Adadelta(tf.Module):
     clip_scale = self._global_clip_scale(grads, variables, apply_now)
     finite = transforms.all_finite(grads) if self.skip_nonfinite_steps else None
     distribution.in_cross_replica(self._apply_or_skip, grads, variables, lr,
-                                  apply_now, clip_scale, finite)
+                                  apply_now, clip_scale, finite, shape_checks)
     return self.iterations
 
   def apply(self, grads: Sequence[Any],
@@ -648,16 +649,14 @@ class Adadelta(tf.Module):
       tf.cond(overwrite, lambda: var.assign(average).op, tf.no_op)
 
   def _apply_or_skip(self, strategy, grads, variables, lr, apply_now,
-                     clip_scale, finite):
-    """The whole step, or with `skip_nonfinite_steps` only a skip count."""
-    if finite is None:
-      self._apply_in_cross_replica(strategy, grads, variables, lr, apply_now,
-                                   clip_scale)
-      return
-    # The replicas summed the same gradients, so their flags agree; taking
-    # them all keeps every copy of the state identical even if they do not.
-    finite = tf.reduce_all(
-        tf.stack(strategy.experimental_local_results(finite)))
+                     clip_scale, finite, shape_checks):
+    """The whole step, or with `skip_nonfinite_steps` only a skip count.
+
+    Nothing changes before `shape_checks` (see `validation.ensure_shapes`)
+    have passed on every replica.
+    """
+    checks = [t for check in shape_checks
+              for t in strategy.experimental_local_results(check)]
 
     def apply_step():
       self._apply_in_cross_replica(strategy, grads, variables, lr, apply_now,
@@ -666,7 +665,15 @@ class Adadelta(tf.Module):
     def skip_step():
       self.skipped_steps.assign_add(1)
 
-    tf.cond(finite, apply_step, skip_step)
+    with tf.control_dependencies(checks):
+      if finite is None:
+        apply_step()
+        return
+      # The replicas summed the same gradients, so their flags agree; taking
+      # them all keeps every copy of the state identical even if they do not.
+      finite = tf.reduce_all(
+          tf.stack(strategy.experimental_local_results(finite)))
+      tf.cond(finite, apply_step, skip_step)
 
   def _apply_in_cross_replica(self, strategy, grads, variables, lr, apply_now,
                               clip_scale):

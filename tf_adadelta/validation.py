@@ -1,6 +1,7 @@
 """Checks on arguments and gradients, all done before any state changes."""
 
 import numbers
+import re
 import warnings
 from typing import List, Optional, Tuple
 
@@ -162,6 +163,43 @@ def _check_gradient(grad, variable):
     raise ValueError(f"The gradient of variable '{name}' has shape "
                      f"{grad.shape}, but the variable has shape "
                      f"{variable.shape}.")
+
+
+def ensure_shapes(grads, variables) -> Tuple[List, List]:
+  """Checks, when the step runs, shapes that are unknown while tracing.
+
+  `check_grads_and_vars` compares static shapes. Inside a `tf.function` whose
+  gradients have unknown dimensions (a `None` in an input signature), each
+  such gradient goes through `tf.ensure_shape` instead, in an op named after
+  its variable; the update waits for all of them, so a mismatch still raises
+  before any state changes. (An assertion on `tf.shape` would not do: graph
+  optimization may fold it with the shape the update implies.)
+
+  Args:
+    grads: The gradients, as `check_grads_and_vars` returns them.
+    variables: Their variables.
+
+  Returns:
+    `(grads, checks)`: the gradients, checked ones replaced by the checked
+    tensors, and the checked tensors (empty when every shape is known, as in
+    eager mode).
+  """
+  checked, checks = [], []
+  for grad, variable in zip(grads, variables):
+    sparse = isinstance(grad, tf.IndexedSlices)
+    values = grad.values if sparse else grad
+    if values.shape.is_fully_defined():
+      checked.append(grad)
+      continue
+    # A tf.IndexedSlices gradient must match the variable's rows.
+    shape = ([None] + variable.shape[1:].as_list() if sparse
+             else variable.shape)
+    name = re.sub(r"\W", "_", _variable_name(variable).split(":")[0])
+    values = tf.ensure_shape(values, shape, name=f"gradient_shape_of_{name}")
+    checks.append(values)
+    checked.append(tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+                   if sparse else values)
+  return checked, checks
 
 
 def check_grads_and_vars(grads_and_vars) -> Tuple[List, List]:
