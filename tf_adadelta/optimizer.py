@@ -577,6 +577,10 @@ class Adadelta(tf.Module):
 
   def _clip(self, grad, clip_scale):
     if clip_scale is not None:
+      if self.global_clipnorm is not None:
+        # Keras's global clipping returns dense gradients (duplicate rows
+        # summed), so the step after it is the dense one.
+        grad = transforms.to_dense(grad)
       return transforms.scale(grad, clip_scale)
     if self.clipnorm is not None:
       return transforms.clip_by_norm(grad, self.clipnorm)
