@@ -223,10 +223,10 @@ def test_next_step_after_a_rejected_call_matches_keras(mode):
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_some_none_gradients_are_skipped_with_a_warning(mode):
-  config = dict(learning_rate=1.0, weight_decay=0.1, clipnorm=0.5)
+  config = dict(learning_rate=1.0, weight_decay=0.1, clipnorm=0.5,
+                use_ema=True, ema_momentum=0.9)
   variables = _model()
   reference = _model()
-  frozen_value = variables[1].numpy()
   opt = tf_adadelta.Adadelta(**config)
   keras_opt = keras.optimizers.Adadelta(**config)
   for step in range(3):
@@ -236,11 +236,23 @@ def test_some_none_gradients_are_skipped_with_a_warning(mode):
     with pytest.warns(UserWarning):
       keras_opt.apply_gradients([(_grads(step)[0], reference[0]),
                                  (None, reference[1])])
+    np.testing.assert_array_equal(variables[1].numpy(), reference[1].numpy())
+    # Changed outside the optimizer: its average follows, as in Keras.
+    variables[1].assign_add(tf.ones([2, 2]))
+    reference[1].assign_add(tf.ones([2, 2]))
   np.testing.assert_allclose(variables[0].numpy(), reference[0].numpy(),
                              rtol=1e-6)
   assert not np.allclose(variables[0].numpy(), _model()[0].numpy())
-  np.testing.assert_array_equal(variables[1].numpy(), frozen_value)
   assert opt.iterations.numpy() == 3
+  for index, var in enumerate(variables):
+    np.testing.assert_allclose(
+        opt.get_slot(var, "average").numpy(),
+        keras_opt._model_variables_moving_average[index].numpy(),  # pylint: disable=protected-access
+        rtol=1e-6)
+  opt.finalize_variable_values(variables)
+  keras_opt.finalize_variable_values(reference)
+  for ours, theirs in zip(variables, reference):
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["eager", "function"])

@@ -276,11 +276,15 @@ class Adadelta(tf.Module):
       ValueError: Every gradient is None, a gradient's shape does not match
         its variable, or a variable is given twice. Nothing is changed.
     """
-    grads, variables = validation.check_grads_and_vars(grads_and_vars)
+    grads, variables, without_grads = validation.check_grads_and_vars(
+        grads_and_vars)
     if not variables:
       return self.iterations
     grads, shape_checks = validation.ensure_shapes(grads, variables)
-    new = [v for v in variables if not self._slot_table.has(v)]
+    # As Keras, variables without a gradient get slots too (EMA averages them,
+    # and `finalize_variable_values` finds their average).
+    new = [v for v in variables + without_grads
+           if not self._slot_table.has(v)]
     if new:
       distribution.in_cross_replica(lambda _, vs: self.build(vs), new)
     if skip_gradients_aggregation is None:

@@ -202,15 +202,16 @@ def ensure_shapes(grads, variables) -> Tuple[List, List]:
   return checked, checks
 
 
-def check_grads_and_vars(grads_and_vars) -> Tuple[List, List]:
-  """Validates gradient/variable pairs and drops those with no gradient.
+def check_grads_and_vars(grads_and_vars) -> Tuple[List, List, List]:
+  """Validates gradient/variable pairs and sets apart those with no gradient.
 
   Args:
     grads_and_vars: An iterable of `(gradient, variable)` pairs. Gradients may
       be tensors, `tf.IndexedSlices`, NumPy arrays or `None`.
 
   Returns:
-    `(grads, variables)`, lists without the pairs whose gradient is `None`.
+    `(grads, variables, without_grads)`: the gradients and their variables,
+    and the variables whose gradient is `None`.
 
   Raises:
     TypeError: a pair is malformed, a variable is not a float `tf.Variable`, or
@@ -224,7 +225,7 @@ def check_grads_and_vars(grads_and_vars) -> Tuple[List, List]:
     raise TypeError("Argument `grads_and_vars` must be an iterable of "
                     f"(gradient, variable) pairs. Received: {grads_and_vars!r}"
                     ) from e
-  grads, variables, missing, seen = [], [], [], set()
+  grads, variables, without_grads, seen = [], [], [], set()
   for pair in pairs:
     try:
       grad, variable = pair
@@ -239,7 +240,7 @@ def check_grads_and_vars(grads_and_vars) -> Tuple[List, List]:
                        "first.")
     seen.add(key)
     if grad is None:
-      missing.append(_variable_name(variable))
+      without_grads.append(variable)
       continue
     grad = _as_gradient(grad, variable)
     _check_gradient(grad, variable)
@@ -248,7 +249,8 @@ def check_grads_and_vars(grads_and_vars) -> Tuple[List, List]:
   if pairs and not grads:
     raise ValueError("No gradients provided for any variable: "
                      f"{[_variable_name(v) for _, v in pairs]}.")
-  if missing:
-    warnings.warn(f"Gradients do not exist for variables {missing} when "
+  if without_grads:
+    warnings.warn("Gradients do not exist for variables "
+                  f"{[_variable_name(v) for v in without_grads]} when "
                   "minimizing the loss; they are not updated.", stacklevel=3)
-  return grads, variables
+  return grads, variables, without_grads
