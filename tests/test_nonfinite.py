@@ -1,5 +1,9 @@
 """`skip_nonfinite_steps`: a NaN or Inf step changes nothing and is counted."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -205,3 +209,46 @@ def test_mirrored_nonfinite_on_one_replica_skips_everywhere(mode):
   for copy in copies():
     np.testing.assert_allclose(copy, reference.numpy(), rtol=1e-6)
   assert opt.iterations.numpy() == 2
+
+
+def test_parameter_server_sharded_variables(tmp_path):
+  # A separate process: TensorFlow connects a process to one cluster.
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "nonfinite_parameter_server.py")
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+  env.pop("TF_CONFIG", None)
+  process = subprocess.run([sys.executable, script, str(tmp_path)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=240, check=False)
+  assert process.returncode == 0, process.stdout[-4000:]
+  with np.load(str(tmp_path / "result.npz")) as result:
+    arrays = dict(result)
+
+  from tests import nonfinite_parameter_server as ps  # pylint: disable=g-import-not-at-top
+  for index, bad in enumerate(ps.SCHEDULE):
+    if not bad:
+      continue
+    before = sorted(k for k in arrays if k.startswith(f"before_{index}/"))
+    assert before
+    for key in before:
+      after = arrays[key.replace("before_", "after_")]
+      assert arrays[key].tobytes() == after.tobytes(), key
+  assert arrays["skipped_steps"] == sum(ps.SCHEDULE)
+  finite_steps = ps.SCHEDULE.count(False)
+  assert arrays["micro_iterations"] == finite_steps
+  assert arrays["iterations"] == finite_steps // 2
+
+  # Keras on one device, shown only the finite steps.
+  keras_opt = keras.optimizers.Adadelta(**ps.CONFIG)
+  reference = [tf.Variable(v) for v in ps.INITIAL]
+  for _ in range(finite_steps):
+    keras_opt.apply_gradients(zip([tf.constant(g) for g in ps.GRADS],
+                                  reference))
+  for i, variable in enumerate(reference):
+    assert arrays[f"shards/{i}"] == 2
+    np.testing.assert_allclose(arrays[f"var/{i}"], variable.numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(
+        arrays[f"average/{i}"],
+        keras_opt._model_variables_moving_average[i].numpy(),  # pylint: disable=protected-access
+        rtol=1e-6)
