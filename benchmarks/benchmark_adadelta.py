@@ -27,6 +27,7 @@ Usage:
   python benchmarks/benchmark_adadelta.py --quick    # a tiny smoke run
 """
 
+import gc
 import os
 import statistics
 import sys
@@ -307,11 +308,11 @@ def report(workload: Workload, config_name: str,
   return rows
 
 
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-  header = ["workload", "config", "phase", "contender", "ms/step", "GB/s",
-            "time vs baseline", "speed-up vs keras"]
-  print("| " + " | ".join(header) + " |")
-  print("|" + "|".join("---" for _ in header) + "|")
+HEADER = ["workload", "config", "phase", "contender", "ms/step", "GB/s",
+          "time vs baseline", "speed-up vs keras"]
+
+
+def print_rows(rows: Sequence[Sequence[str]]) -> None:
   for row in rows:
     print("| " + " | ".join(row) + " |")
   sys.stdout.flush()
@@ -329,17 +330,20 @@ def main(argv):
         f"{os.cpu_count()} CPUs, devices: "
         f"{[d.device_type for d in tf.config.list_logical_devices()]}; "
         f"median of {rounds} interleaved rounds")
-  rows = []
-  for name, make in make_workloads(FLAGS.workloads, FLAGS.quick).items():
+  print_rows([HEADER])
+  print("|" + "|".join("---" for _ in HEADER) + "|")
+  for make in make_workloads(FLAGS.workloads, FLAGS.quick).values():
     workload = make()
     for config_name in FLAGS.configs:
       if workload.sparse and config_name != "default":
         continue
       contenders = time_row(workload, config_name, rounds, warmup)
-      rows.extend(report(workload, config_name, contenders))
+      print_rows(report(workload, config_name, contenders))
+      # Free this row's variables before the next one is built.
       del contenders
+      keras.backend.clear_session()
+      gc.collect()
     del workload
-  print_table(rows)
 
 
 if __name__ == "__main__":
