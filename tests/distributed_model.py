@@ -7,6 +7,9 @@ ids), and a bias. The loss is summed over examples and divided by the global
 batch size, so summing per-replica gradients gives the global-batch gradient.
 """
 
+import functools
+import socket
+
 import numpy as np
 import tensorflow as tf
 
@@ -146,3 +149,48 @@ def state(variables, optimizer):
           [values(optimizer.get_slot(part, name)) for part in trainable([v])])
   out["iterations"] = np.asarray(int(optimizer.iterations.numpy()))
   return out
+
+
+@functools.lru_cache(maxsize=None)
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
+  """The process's one MirroredStrategy over the two logical CPUs.
+
+  Strategies over the same devices share collective instance keys in eager
+  mode, so a second one in the same process collides with the first.
+  """
+  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def free_ports(count: int):
+  """`count` free TCP ports on the loopback address."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def restore_on_one_device(path: str, setting: str):
+  """Restores a distributed run's checkpoint onto plain variables.
+
+  Args:
+    path: The checkpoint prefix (model variables `v0, v1, ...` and the
+      optimizer).
+    setting: The key of `OPTIMIZER_SETTINGS` it was trained with.
+
+  Returns:
+    `state(variables, optimizer)` after the restore; every saved value must
+    have been consumed.
+  """
+  variables = [tf.Variable(tf.zeros_like(v)) for v in initial_values().values()]
+  optimizer = make_optimizer(setting)
+  checkpoint = tf.train.Checkpoint(
+      model=tf.train.Checkpoint(
+          **{f"v{i}": v for i, v in enumerate(variables)}),
+      optimizer=optimizer)
+  status = checkpoint.read(path)
+  optimizer.build(variables)
+  status.assert_consumed()
+  return state(variables, optimizer)

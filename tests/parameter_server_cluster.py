@@ -15,7 +15,6 @@ Usage: parameter_server_cluster.py OUT_DIR WORKERS SHARDS STEPS SETTING...
 """
 
 import os
-import socket
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,18 +28,8 @@ from tests import distributed_model as dm  # pylint: disable=g-import-not-at-top
 NUM_PS = 2
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def start_cluster(num_workers):
-  ports = _free_ports(num_workers + NUM_PS)
+  ports = dm.free_ports(num_workers + NUM_PS)
   spec = {
       "worker": [f"127.0.0.1:{p}" for p in ports[:num_workers]],
       "ps": [f"127.0.0.1:{p}" for p in ports[num_workers:]],

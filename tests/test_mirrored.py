@@ -19,7 +19,7 @@ from tests import distributed_model as dm
 RTOL = 1e-5
 ATOL = 1e-10
 
-STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+STRATEGY = dm.mirrored_strategy()
 
 # Thresholds between the norms of the summed gradient and of each replica's
 # (or the mean): the global norm is 6.6 summed, 3.0 and 4.0 per replica; the

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adadelta
+from tests import distributed_model as dm
 from tests import state_snapshot
 
 MODES = ["eager", "function", "xla"]
@@ -162,7 +163,7 @@ def test_counter_variable_config_and_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_mirrored_nonfinite_on_one_replica_skips_everywhere(mode):
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = dm.mirrored_strategy()
   with strategy.scope():
     var = tf.Variable([1.0, -2.0, 0.5])
     opt = tf_adadelta.Adadelta(learning_rate=1.0, use_ema=True,

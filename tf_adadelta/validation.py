@@ -3,7 +3,7 @@
 import numbers
 import re
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import tensorflow as tf
