@@ -640,7 +640,13 @@ class Adadelta(tf.Module):
     elif applying:
       step(transforms.average_with_accumulator(
           grad, slots.accumulator, self.gradient_accumulation_steps))
-      slots.accumulator.assign(tf.zeros_like(slots.accumulator))
+      # Not `zeros_like`: graph optimization folds that into a constant which
+      # the accumulator would then share, so the next micro-step's
+      # `assign_add` would first copy it. A zero that is not a constant keeps
+      # the fill in this step, into a buffer the accumulator owns.
+      zero = tf.raw_ops.Empty(shape=[], dtype=slots.accumulator.dtype,
+                              init=True)
+      slots.accumulator.assign(tf.fill(tf.shape(slots.accumulator), zero))
     else:
       slots.accumulator.assign_add(transforms.to_dense(grad))
     if slots.average is not None:
