@@ -599,7 +599,8 @@ class Adadelta(tf.Module):
     README: a plain step is one pass of TensorFlow's fused kernel, which XLA's
     code does not beat; each of weight decay, clipping and EMA adds passes over
     memory that one compiled function folds into a single one. Sparse updates
-    are scatters, which XLA does not speed up.
+    stay uncompiled: XLA recompiles for every new number of gradient rows
+    (with a fixed number, `jit_compile=True` is faster; see the README).
     """
     if self.jit_compile is not None:
       return self.jit_compile
