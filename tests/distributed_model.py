@@ -21,6 +21,7 @@ STEPS = 4
 # Optimizer settings the multi-process tests run in their workers, by name.
 # "combined" takes every decision on tensors at once: accumulation, global
 # clipping, EMA with overwrite, weight decay, loss scaling and a schedule.
+# "lazy" updates only the table rows in each step's ids (row 2 never is).
 OPTIMIZER_SETTINGS = {
     "plain": {},
     "clipnorm": {"clipnorm": 2.5},
@@ -29,6 +30,8 @@ OPTIMIZER_SETTINGS = {
                  "use_ema": True, "ema_momentum": 0.9,
                  "ema_overwrite_frequency": 2, "weight_decay": 0.05,
                  "loss_scale_factor": 32.0, "schedule": True},
+    "lazy": {"sparse_updates": "lazy", "weight_decay": 0.05,
+             "global_clipnorm": 5.0},
 }
 
 

@@ -57,6 +57,10 @@ FEATURES = {
             1.0, decay_steps=1, decay_rate=0.5)),
     "callable_lr": _adadelta(learning_rate=lambda: 0.5),
     "jit_compile": _adadelta(jit_compile=True),
+    "lazy_sparse": _adadelta(sparse_updates="lazy", weight_decay=0.1,
+                             global_clipnorm=CLIP["global_clipnorm"]),
+    "lazy_sparse_jit_compile": _adadelta(sparse_updates="lazy",
+                                         jit_compile=True),
 }
 
 

@@ -11,7 +11,10 @@ Dense gradients use TensorFlow's fused `ResourceApplyAdadelta` kernel (one pass
 over memory on CPU and GPU, and an XLA lowering under `jit_compile`).
 `tf.IndexedSlices` gradients follow `keras.optimizers.Adadelta`: every row of
 both accumulators decays, duplicate indices add their squared contributions,
-and the variable is updated by scatter.
+and the variable is updated by scatter. The opt-in lazy update
+(`apply_sparse_lazy`) has TensorFlow 1's `ResourceSparseApplyAdadelta`
+semantics instead: only the rows in the gradient change, so its cost grows
+with those rows, not with the table.
 """
 
 import tensorflow as tf
@@ -86,8 +89,66 @@ def apply_sparse(var, accumulated_grad, accumulated_delta_var, grad, lr, rho,
   var.scatter_add(tf.IndexedSlices(lr * delta, indices, grad.dense_shape))
 
 
-def apply(var, accumulated_grad, accumulated_delta_var, grad, lr, rho, epsilon):
-  """Dispatches to `apply_dense` or `apply_sparse` by the gradient's type."""
-  fn = apply_sparse if isinstance(grad, tf.IndexedSlices) else apply_dense
+def apply_sparse_lazy(var, accumulated_grad, accumulated_delta_var, grad, lr,
+                      rho, epsilon):
+  """Applies one Adadelta step to the rows of a `tf.IndexedSlices` gradient.
+
+  TensorFlow 1's `ResourceSparseApplyAdadelta` semantics: the rows absent
+  from `grad` keep their values and accumulators; a row present is updated as
+  by a dense step with its gradient. Every position of a duplicated index must
+  hold that row's whole gradient (`gradient_transforms.sum_duplicates`): each
+  then computes, and writes, the same new row. Shapes stay static, so XLA
+  compiles it.
+
+  Args:
+    var: The `tf.Variable` to update.
+    accumulated_grad: Slot holding the running average of squared gradients.
+    accumulated_delta_var: Slot holding the running average of squared updates.
+    grad: A `tf.IndexedSlices` gradient for `var`, duplicates summed.
+    lr: Scalar learning rate in `var.dtype`.
+    rho: Python float, the decay rate.
+    epsilon: Python float, added inside both square roots.
+  """
+  dtype = var.dtype
+  indices, values = grad.indices, grad.values
+  rho_t = tf.constant(rho, dtype)
+  one_minus_rho = tf.constant(1 - rho, dtype)
+  eps = tf.constant(epsilon, dtype)
+  acc_grad = (rho_t * tf.gather(accumulated_grad, indices) +
+              one_minus_rho * tf.square(values))
+  acc_delta = tf.gather(accumulated_delta_var, indices)
+  delta = -((tf.sqrt(acc_delta + eps) * values) / tf.sqrt(acc_grad + eps))
+  acc_delta = rho_t * acc_delta + one_minus_rho * tf.square(delta)
+  rows = tf.gather(var, indices) + lr * delta
+  for variable, new_rows in ((accumulated_grad, acc_grad),
+                             (accumulated_delta_var, acc_delta), (var, rows)):
+    variable.scatter_update(
+        tf.IndexedSlices(new_rows, indices, grad.dense_shape))
+
+
+def weight_decay(var, decay, lr, indices=None):
+  """Keras's decoupled weight decay, `var -= var * decay * lr`.
+
+  Args:
+    var: The `tf.Variable` to decay.
+    decay: Scalar tensor in `var.dtype`, the weight decay rate.
+    lr: Scalar learning rate in `var.dtype`.
+    indices: If given, only these rows decay (the lazy sparse update); they
+      may repeat.
+  """
+  if indices is None:
+    var.assign_sub(var * decay * lr)
+    return
+  rows = tf.gather(var, indices)
+  var.scatter_update(tf.IndexedSlices(rows - rows * decay * lr, indices))
+
+
+def apply(var, accumulated_grad, accumulated_delta_var, grad, lr, rho, epsilon,
+          lazy=False):
+  """Dispatches by the gradient's type (and `lazy` for `tf.IndexedSlices`)."""
+  if isinstance(grad, tf.IndexedSlices):
+    fn = apply_sparse_lazy if lazy else apply_sparse
+  else:
+    fn = apply_dense
   return fn(var, accumulated_grad, accumulated_delta_var, grad, lr, rho,
             epsilon)

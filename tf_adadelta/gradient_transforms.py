@@ -95,6 +95,22 @@ def scale(grad, factor):
   return map_values(lambda g: g * tf.cast(factor, g.dtype), grad)
 
 
+def sum_duplicates(grad):
+  """Gives each position of `tf.IndexedSlices` its index's summed gradient.
+
+  The indices stay as they are (static shape, so XLA compiles it); a row
+  that appears several times holds the same sum at each of its positions.
+  Dense gradients are returned unchanged.
+  """
+  if not isinstance(grad, tf.IndexedSlices):
+    return grad
+  _, positions = tf.unique(grad.indices)
+  totals = tf.math.unsorted_segment_sum(grad.values, positions,
+                                        tf.size(positions))
+  return tf.IndexedSlices(tf.gather(totals, positions), grad.indices,
+                          grad.dense_shape)
+
+
 def to_dense(grad):
   """Converts `tf.IndexedSlices` to a dense tensor (duplicates summed)."""
   return tf.convert_to_tensor(grad)

@@ -107,6 +107,15 @@ class Adadelta(tf.Module):
       writes NaN into the variables).
     skip_gradients_aggregation: If True, gradients given inside
       `strategy.run` are taken as already summed across replicas.
+    sparse_updates: How `tf.IndexedSlices` gradients update a variable.
+      "keras" (the default): Keras's numbers; the accumulators of every row
+      decay each step. "lazy": TensorFlow 1's `ResourceSparseApplyAdadelta`
+      semantics, at a cost that grows with the rows in the gradient, not the
+      table: duplicate indices are summed, then only those rows of the
+      variable and its accumulators change (weight decay too; clipping is
+      Keras's, and `global_clipnorm` keeps the gradient sparse). EMA still
+      averages whole variables, and with gradient accumulation the applied
+      gradient is the dense mean, so those steps are not lazy.
     **kwargs: Not accepted; unknown arguments raise `TypeError`.
 
   Raises:
@@ -132,6 +141,7 @@ class Adadelta(tf.Module):
                jit_compile: Optional[bool] = None,
                skip_nonfinite_steps: bool = False,
                skip_gradients_aggregation: bool = False,
+               sparse_updates: str = "keras",
                **kwargs):
     validation.check_constructor_args(
         learning_rate=learning_rate, rho=rho, epsilon=epsilon,
@@ -142,7 +152,7 @@ class Adadelta(tf.Module):
         loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps, name=name,
         jit_compile=jit_compile, skip_nonfinite_steps=skip_nonfinite_steps,
-        kwargs=kwargs)
+        sparse_updates=sparse_updates, kwargs=kwargs)
     super().__init__(name=_module_name(name))
     self._optimizer_name = name
     self.rho = float(rho)
@@ -159,6 +169,7 @@ class Adadelta(tf.Module):
     self.jit_compile = jit_compile
     self.skip_nonfinite_steps = bool(skip_nonfinite_steps)
     self.skip_gradients_aggregation = bool(skip_gradients_aggregation)
+    self.sparse_updates = sparse_updates
     self._excluded_keys = frozenset()
     self._excluded_pattern = None
 
@@ -431,6 +442,7 @@ class Adadelta(tf.Module):
         "jit_compile": self.jit_compile,
         "skip_nonfinite_steps": self.skip_nonfinite_steps,
         "skip_gradients_aggregation": self.skip_gradients_aggregation,
+        "sparse_updates": self.sparse_updates,
     }
 
   @classmethod
@@ -579,9 +591,13 @@ class Adadelta(tf.Module):
       return False
     return True
 
+  def _is_lazy(self, grad) -> bool:
+    return (self.sparse_updates == "lazy" and
+            isinstance(grad, tf.IndexedSlices))
+
   def _clip(self, grad, clip_scale):
     if clip_scale is not None:
-      if self.global_clipnorm is not None:
+      if self.global_clipnorm is not None and not self._is_lazy(grad):
         # Keras's global clipping returns dense gradients (duplicate rows
         # summed), so the step after it is the dense one.
         grad = transforms.to_dense(grad)
@@ -630,11 +646,16 @@ class Adadelta(tf.Module):
 
     def step(g):
       g = self._clip(g, clip_scale)
+      lazy = self._is_lazy(g)
+      if lazy:
+        g = transforms.sum_duplicates(g)
       if decay:
-        var.assign_sub(var * tf.cast(self.weight_decay, var.dtype) * lr)
+        adadelta_math.weight_decay(
+            var, tf.cast(self.weight_decay, var.dtype), lr,
+            g.indices if lazy else None)
       adadelta_math.apply(var, slots.accumulated_grad,
                           slots.accumulated_delta_var, g, lr, self.rho,
-                          self.epsilon)
+                          self.epsilon, lazy=lazy)
 
     if applying is None:
       step(grad)

@@ -12,6 +12,11 @@ from tf_adadelta import learning_rate as lr_lib
 from tf_adadelta import slots as slots_lib
 
 
+# How `tf.IndexedSlices` gradients update: as Keras does ("keras"), or only the
+# rows they touch ("lazy").
+SPARSE_UPDATES = ("keras", "lazy")
+
+
 def _is_real(value) -> bool:
   return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -53,7 +58,7 @@ def check_constructor_args(*, learning_rate, rho, epsilon, weight_decay,
                            ema_momentum, ema_overwrite_frequency,
                            loss_scale_factor, gradient_accumulation_steps,
                            name, jit_compile, skip_nonfinite_steps=False,
-                           kwargs) -> None:
+                           sparse_updates="keras", kwargs) -> None:
   """Validates `Adadelta`'s constructor arguments.
 
   Raises:
@@ -96,6 +101,14 @@ def check_constructor_args(*, learning_rate, rho, epsilon, weight_decay,
   if not isinstance(skip_nonfinite_steps, (bool, np.bool_)):
     raise TypeError("Argument `skip_nonfinite_steps` must be a bool. "
                     f"Received: skip_nonfinite_steps={skip_nonfinite_steps!r}.")
+  if not isinstance(sparse_updates, str):
+    raise TypeError("Argument `sparse_updates` must be a string, one of "
+                    f"{list(SPARSE_UPDATES)}. Received: "
+                    f"sparse_updates={sparse_updates!r}.")
+  if sparse_updates not in SPARSE_UPDATES:
+    raise ValueError("Argument `sparse_updates` must be one of "
+                     f"{list(SPARSE_UPDATES)}. Received: "
+                     f"sparse_updates={sparse_updates!r}.")
 
 
 def _variable_name(variable) -> str:
