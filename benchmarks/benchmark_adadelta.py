@@ -17,6 +17,9 @@ Contenders:
                      `tf.function`; `keras jit` with `jit_compile=True`.
   tf_adadelta        `tf_adadelta.Adadelta` (`jit_compile=None`, the automatic
                      choice); `tf_adadelta jit` / `tf_adadelta no-jit` force it.
+                     On sparse workloads `tf_adadelta lazy` is the
+                     `sparse_updates="lazy"` mode, whose baseline is
+                     `tf.raw_ops.ResourceSparseApplyAdadelta` (same semantics).
   memory reference   one `assign_add` over a flat buffer moving the same 28
                      bytes per parameter: what memory bandwidth allows.
   accumulator RMW    `assign_add` of each gradient into a variable: the cost a
@@ -47,7 +50,8 @@ import tf_adadelta
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workloads", ["resnet50", "small", "large", "embedding"],
-                  "Workloads to run: resnet50, small, large, embedding.")
+                  "Workloads to run: resnet50, small, large, embedding, "
+                  "embedding_0.1 (the table with a tenth of the rows).")
 flags.DEFINE_list("configs", ["default", "featured", "accumulation",
                               "loss_scale"],
                   "Optimizer configurations to run.")
@@ -130,6 +134,8 @@ def make_workloads(names: Sequence[str], quick: bool) -> Dict[str, Callable]:
         "large": lambda: Workload("(256, 256)", [(256, 256)]),
         "embedding": lambda: Workload("(1000, 16), 1% rows", [(1000, 16)],
                                       sparse_rows=10),
+        "embedding_0.1": lambda: Workload("(1000, 16), 0.1% rows",
+                                          [(1000, 16)], sparse_rows=1),
     }
   else:
     makers = {
@@ -139,6 +145,9 @@ def make_workloads(names: Sequence[str], quick: bool) -> Dict[str, Callable]:
         "large": lambda: Workload("(4096, 4096)", [(4096, 4096)]),
         "embedding": lambda: Workload("(1000000, 64), IndexedSlices 1% rows",
                                       [(1_000_000, 64)], sparse_rows=10_000),
+        "embedding_0.1": lambda: Workload(
+            "(1000000, 64), IndexedSlices 0.1% rows", [(1_000_000, 64)],
+            sparse_rows=1_000),
     }
   unknown = set(names) - set(makers)
   if unknown:
@@ -232,7 +241,7 @@ def contenders_for(workload: Workload, config_name: str) -> List[Contender]:
   if config_name == "default" and not workload.sparse:
     out.append(Contender("fused kernel", fused_kernel(workload)))
   if config_name == "default" and workload.sparse:
-    out.append(Contender("TF1 lazy sparse kernel (other semantics)",
+    out.append(Contender("TF1 sparse kernel (lazy semantics)",
                          fused_kernel(workload)))
   out.append(Contender("keras", keras_adadelta(workload, config, jit=False)))
   if FLAGS.keras_jit and not workload.sparse:
@@ -244,6 +253,9 @@ def contenders_for(workload: Workload, config_name: str) -> List[Contender]:
                          our_adadelta(workload, config, True)))
     out.append(Contender("tf_adadelta no-jit",
                          our_adadelta(workload, config, False)))
+  if workload.sparse:
+    out.append(Contender("tf_adadelta lazy", our_adadelta(
+        workload, dict(config, sparse_updates="lazy"), None)))
   if config_name == "accumulation":
     out.append(Contender("accumulator RMW", accumulator_rmw(workload)))
   if not workload.sparse and config_name in ("default", "featured"):
