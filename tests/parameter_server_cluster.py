@@ -9,6 +9,11 @@ worker each step is joined before the next, so the steps run in order and
 must equal one device; with more workers steps run concurrently and only the
 loss is meaningful. A checkpoint per setting is written to `<out>/ckpt_*`.
 
+With sharded variables and one worker, the checkpoint is also restored here
+into new variables on the parameter servers (`restore_checks`), and a
+one-device checkpoint into sharded ones; their states are written under
+`<setting>/restored/<case>/`.
+
 A separate process because TensorFlow connects a process to one cluster.
 
 Usage: parameter_server_cluster.py OUT_DIR WORKERS SHARDS STEPS SETTING...
@@ -60,6 +65,99 @@ def _make_train_step(strategy, optimizer, variables, batch):
   return train_step
 
 
+def _checkpoint(variables, optimizer):
+  return tf.train.Checkpoint(
+      model=tf.train.Checkpoint(
+          **{f"v{i}": v for i, v in enumerate(variables)}),
+      optimizer=optimizer)
+
+
+def _resharded_variables(strategy, placements):
+  """The model's variables on the parameter servers, split otherwise.
+
+  The strategy's partitioner splits every variable in two halves; these split
+  the kernel into rows [1, 1, 2] and the table into [1, 2, 3], and keep the
+  bias whole. Colocating bypasses the partitioner.
+
+  Args:
+    strategy: The `ParameterServerStrategy`.
+    placements: A variable on each parameter server, in task order.
+  """
+  sizes = {"kernel": [1, 1, 2], "table": [1, 2, 3], "bias": None}
+  variables = []
+  with strategy.scope():
+    for name, value in dm.initial_values().items():
+      if sizes[name] is None:
+        with strategy.extended.colocate_vars_with(placements[0]):
+          variables.append(tf.Variable(tf.zeros_like(value), name=name))
+        continue
+      shards, row = [], 0
+      for i, size in enumerate(sizes[name]):
+        with strategy.extended.colocate_vars_with(
+            placements[i % len(placements)]):
+          shards.append(tf.Variable(tf.zeros_like(value[row:row + size]),
+                                    name=f"{name}/part_{i}"))
+        row += size
+      variables.append(tf.__internal__.distribute.ShardedVariable(
+          shards, name=name))
+  return variables
+
+
+def restore_checks(strategy, out_dir, setting, trained):
+  """Restores checkpoints into new variables under `strategy`.
+
+  Cases: the sharded checkpoint restored before any slot exists (the slots
+  are created by `build`, each shard from its slice) into the same sharding,
+  and into another sharding (`_resharded_variables`) with the slots built
+  first; a one-device checkpoint, trained here, into the same sharding.
+
+  Args:
+    strategy: The `ParameterServerStrategy`, with a partitioner.
+    out_dir: Where the trained setting's checkpoint `ckpt_<setting>` is.
+    setting: The optimizer setting.
+    trained: The trained (sharded) variables.
+
+  Returns:
+    {"<setting>/restored/<case>/<state key>": array}, and the devices of
+    every restored variable or shard and of its slots under `devices`.
+  """
+  one_device = dm.train_one_device(lambda: dm.make_optimizer(setting))
+  one_device_path = _checkpoint(*one_device).write(
+      os.path.join(out_dir, f"one_device_{setting}", "ckpt"))
+  sharded_path = os.path.join(out_dir, f"ckpt_{setting}")
+  placements = trained[0].variables
+  cases = {"same_sharding": (sharded_path, False, None),
+           "other_sharding": (sharded_path, True, placements),
+           "from_one_device": (one_device_path, False, None)}
+  arrays = {}
+  for case, (path, build_first, reshard) in cases.items():
+    if reshard is None:
+      with strategy.scope():
+        variables = dm.make_variables()
+    else:
+      variables = _resharded_variables(strategy, reshard)
+    with strategy.scope():
+      optimizer = dm.make_optimizer(setting)
+    if build_first:
+      optimizer.build(dm.trainable(variables))
+    status = _checkpoint(variables, optimizer).read(path)
+    optimizer.build(dm.trainable(variables))
+    status.assert_consumed()
+    for key, value in dm.state(variables, optimizer).items():
+      arrays[f"{setting}/restored/{case}/{key}"] = value
+    arrays[f"{setting}/restored/{case}/devices"] = _devices(variables,
+                                                             optimizer)
+  return arrays
+
+
+def _devices(variables, optimizer):
+  """Per variable or shard: its device, then its slots' devices."""
+  return np.array([
+      [part.device] + [optimizer.get_slot(part, name).device
+                       for name in optimizer.get_slot_names()]
+      for part in dm.trainable(variables)])
+
+
 def main(out_dir, num_workers, num_shards, steps, settings):
   resolver, servers = start_cluster(num_workers)
   partitioner = None
@@ -87,16 +185,11 @@ def main(out_dir, num_workers, num_shards, steps, settings):
     arrays[f"{setting}/losses"] = np.array([l.fetch() for l in losses])
     for key, value in dm.state(variables, optimizer).items():
       arrays[f"{setting}/{key}"] = value
-    devices = []
-    for part in dm.trainable(variables):
-      devices.append([part.device] + [
-          optimizer.get_slot(part, name).device
-          for name in optimizer.get_slot_names()])
-    arrays[f"{setting}/devices"] = np.array(devices)
-    tf.train.Checkpoint(
-        model=tf.train.Checkpoint(
-            **{f"v{i}": v for i, v in enumerate(variables)}),
-        optimizer=optimizer).write(os.path.join(out_dir, f"ckpt_{setting}"))
+    arrays[f"{setting}/devices"] = _devices(variables, optimizer)
+    _checkpoint(variables, optimizer).write(
+        os.path.join(out_dir, f"ckpt_{setting}"))
+    if num_shards > 1 and num_workers == 1:
+      arrays.update(restore_checks(strategy, out_dir, setting, variables))
   np.savez(os.path.join(out_dir, "result.npz"), **arrays)
   del servers
 

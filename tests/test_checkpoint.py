@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adadelta
+from tests import distributed_model as dm
 
 CONFIGS = {
     "plain": dict(learning_rate=0.8),
@@ -185,3 +186,139 @@ def test_shape_mismatch_before_slots_exist(tmp_path):
   assert not optimizer.built
   np.testing.assert_array_equal(other.numpy(), [5.0])
   assert optimizer.learning_rate.numpy() == pytest.approx(0.1)
+
+
+# --- Sharded variables (as `ParameterServerStrategy` makes them) -------------
+# `tests/test_parameter_server.py` runs the same restores on parameter servers.
+
+SHARDINGS = {
+    "one_variable": None,
+    "same": {"kernel": [2, 2], "table": [3, 3], "bias": [1, 1]},
+    # The table is looked up "div"-partitioned, so its shards stay even.
+    "other": {"kernel": [1, 3], "table": [2, 2, 2], "bias": [2]},
+}
+
+
+def _sharded_variables(sizes, zeros=False):
+  """`dm`'s variables, each a `ShardedVariable` of `sizes[name]` rows."""
+  variables = []
+  for name, value in dm.initial_values().items():
+    value = np.zeros_like(value) if zeros else value
+    if sizes is None:
+      variables.append(tf.Variable(value, name=name))
+      continue
+    shards, row = [], 0
+    for i, size in enumerate(sizes[name]):
+      shards.append(tf.Variable(value[row:row + size], name=f"{name}/part_{i}"))
+      row += size
+    variables.append(tf.__internal__.distribute.ShardedVariable(shards,
+                                                                name=name))
+  return variables
+
+
+def _model_checkpoint(variables, optimizer):
+  return tf.train.Checkpoint(
+      model=tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(variables)}),
+      optimizer=optimizer)
+
+
+def _train_sharded_and_save(tmp_path, steps, setting="combined"):
+  variables = _sharded_variables(SHARDINGS["same"])
+  optimizer = dm.make_optimizer(setting)
+  for _ in range(steps):
+    dm.step(optimizer, variables, *dm.data())
+  path = _model_checkpoint(variables, optimizer).write(str(tmp_path / "ckpt"))
+  return variables, optimizer, path
+
+
+def test_sharded_slot_is_the_shards_slots_on_the_container_node(tmp_path):
+  variables, optimizer, path = _train_sharded_and_save(tmp_path, 1)
+  table = variables[1]
+  for name in optimizer.get_slot_names():
+    slot = optimizer.get_slot(table, name)
+    assert isinstance(slot, tf.__internal__.distribute.ShardedVariable)
+    assert slot is optimizer.get_slot(table, name)
+    assert [s.shape.as_list() for s in slot.variables] == [[3, 2], [3, 2]]
+    for shard, shard_slot in zip(table.variables, slot.variables):
+      assert shard_slot is optimizer.get_slot(shard, name)
+  # One reference per sharded variable and slot, none per shard.
+  graph = _object_graph(path)
+  references = [(ref.slot_name, ref.original_variable_node_id)
+                for node in graph.nodes for ref in node.slot_variables]
+  assert len(references) == 3 * len(optimizer.get_slot_names())
+  assert len(set(node for _, node in references)) == 3
+  shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+  assert shapes["model/v1/.OPTIMIZER_SLOT/optimizer/accumulated_grad/"
+                ".ATTRIBUTES/VARIABLE_VALUE"] == [6, 2]
+
+
+@pytest.mark.parametrize("build_first", [False, True],
+                         ids=["restore_first", "build_first"])
+@pytest.mark.parametrize("sharding", sorted(SHARDINGS))
+def test_sharded_checkpoint_resumes_on_any_sharding(tmp_path, sharding,
+                                                    build_first):
+  """Saved sharded, resumed on one variable or another sharding."""
+  before, after = 3, 2
+  variables, optimizer, path = _train_sharded_and_save(tmp_path, before)
+  for _ in range(after):
+    dm.step(optimizer, variables, *dm.data())
+  expected = dm.state(variables, optimizer)
+
+  resumed_variables = _sharded_variables(SHARDINGS[sharding], zeros=True)
+  resumed = dm.make_optimizer("combined")
+  if build_first:
+    resumed.build(dm.trainable(resumed_variables))
+  status = _model_checkpoint(resumed_variables, resumed).read(path)
+  for _ in range(after):
+    dm.step(resumed, resumed_variables, *dm.data())
+  status.assert_consumed()
+  actual = dm.state(resumed_variables, resumed)
+  for key, value in expected.items():
+    np.testing.assert_allclose(actual[key], value, rtol=1e-6, atol=1e-7,
+                               err_msg=key)
+
+
+def test_one_device_checkpoint_resumes_sharded(tmp_path):
+  variables, optimizer = dm.train_one_device(
+      lambda: dm.make_optimizer("combined"), steps=3)
+  path = _model_checkpoint(variables, optimizer).write(str(tmp_path / "ckpt"))
+  resumed_variables = _sharded_variables(SHARDINGS["other"], zeros=True)
+  resumed = dm.make_optimizer("combined")
+  _model_checkpoint(resumed_variables, resumed).read(path)
+  resumed.build(dm.trainable(resumed_variables))
+  expected = dm.state(variables, optimizer)
+  actual = dm.state(resumed_variables, resumed)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(actual[key], value, err_msg=key)
+
+
+def test_sharded_restore_between_the_shards_slots(tmp_path):
+  """Some shards have slots when the restore comes, the others get them later.
+
+  The saved value waits until every shard has the slot, then restores all of
+  them, the earlier ones included.
+  """
+  variables, optimizer, path = _train_sharded_and_save(tmp_path, 3)
+  resumed_variables = _sharded_variables(SHARDINGS["same"], zeros=True)
+  resumed = dm.make_optimizer("combined")
+  shards = dm.trainable(resumed_variables)
+  resumed.build(shards[::2])
+  status = _model_checkpoint(resumed_variables, resumed).read(path)
+  resumed.build(shards[1::2])
+  status.assert_consumed()
+  expected = dm.state(variables, optimizer)
+  actual = dm.state(resumed_variables, resumed)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(actual[key], value, err_msg=key)
+
+
+def test_sharded_slot_shape_mismatch_names_the_variable(tmp_path):
+  _, _, path = _train_sharded_and_save(tmp_path, 1)
+  variables = _sharded_variables(SHARDINGS["same"], zeros=True)
+  # A table of 4 rows where the saved one has 6.
+  variables[1] = tf.__internal__.distribute.ShardedVariable(
+      [tf.Variable(tf.zeros([2, 2])) for _ in range(2)], name="table")
+  optimizer = dm.make_optimizer("combined")
+  with pytest.raises(ValueError, match=r"variable 'table'.*\(6, 2\).*\(4, 2\)"):
+    _model_checkpoint(variables, optimizer).read(path)
+  assert not optimizer.built

@@ -103,12 +103,39 @@ def test_two_workers_train_and_the_loss_falls(clusters):
   assert int(arrays["plain/iterations"]) == 12
 
 
+@pytest.mark.parametrize("cluster", ["one_worker", "sharded"])
 @pytest.mark.parametrize("setting", ["combined"])
-def test_checkpoint_restores_on_one_device(clusters, setting):
-  """Written by the coordinator (variables on parameter servers)."""
-  folder = clusters["one_worker"][0]
+def test_checkpoint_restores_on_one_device(clusters, cluster, setting):
+  """Written by the coordinator (variables on parameter servers).
+
+  A sharded variable's slots are saved as slices of whole slots, so they
+  restore onto one plain variable; the restore comes before the slots exist.
+  """
+  folder = clusters[cluster][0]
   actual = dm.restore_on_one_device(
       os.path.join(folder, f"ckpt_{setting}"), setting)
   for key, value in _expected(setting).items():
     np.testing.assert_allclose(actual[key], value, rtol=1e-5, atol=1e-10,
                                err_msg=key)
+
+
+RESTORE_CASES = ["same_sharding", "other_sharding", "from_one_device"]
+
+
+@pytest.mark.parametrize("case", RESTORE_CASES)
+@pytest.mark.parametrize("setting", SHARDED_SETTINGS)
+def test_checkpoint_restores_under_the_strategy(clusters, setting, case):
+  """Restored in the cluster (`restore_checks`) into new variables there.
+
+  The sharded checkpoint into the same sharding (before the slots exist) and
+  into another one (kernel in three shards, bias whole; slots built first),
+  and a one-device checkpoint into sharded variables.
+  """
+  arrays = clusters["sharded"][1]
+  for key, value in _expected(setting).items():
+    np.testing.assert_allclose(arrays[f"{setting}/restored/{case}/{key}"],
+                               value, rtol=1e-5, atol=1e-10, err_msg=key)
+  # Every restored slot is beside its variable or shard, on a server.
+  for row in arrays[f"{setting}/restored/{case}/devices"]:
+    assert "/job:ps/" in row[0], row
+    assert set(row) == {row[0]}, row

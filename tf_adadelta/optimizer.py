@@ -257,8 +257,10 @@ class Adadelta(tf.Module):
       KeyError: `var` has no such slot (yet).
     """
     var = validation.unwrap_variable(var)
+    # A `ShardedVariable`'s slot is its shards' slots as one (see `slots`).
     slot = (self._slot_table.get(var, slot_name)
-            if isinstance(var, tf.Variable) else None)
+            if isinstance(var, (tf.Variable, slots_lib.ShardedVariable))
+            else None)
     if slot is None:
       raise KeyError(f"No slot '{slot_name}' for variable "
                      f"'{getattr(var, 'name', var)}'. Slots: "

@@ -6,9 +6,17 @@ the object graph, so a restore matches slots to variables by identity, never
 by position or name. When a checkpoint is restored before a slot exists, the
 saved value is kept and becomes the slot's initial value once the slot is
 created, lazily, by the first update.
+
+A `ShardedVariable` (`ParameterServerStrategy` with a `variable_partitioner`)
+gets its slots per shard, each beside its shard. A checkpoint records a sharded
+variable as one node, its container, so the container's slot is a
+`ShardedVariable` of the shards' slots: its value is saved as slices of the
+whole slot, which restores onto one variable or onto another sharding as the
+variable itself does.
 """
 
 import collections
+import functools
 import weakref
 from typing import Callable, Dict, List, Optional
 
@@ -20,6 +28,8 @@ from tensorflow.python.trackable import base as trackable_base  # pylint: disabl
 EXPORTED_SLOTS = "exported_slots"
 # In an exported slot group, the child that is the model variable itself.
 VARIABLE_LINK = "variable"
+# The container of a sharded variable's shards (and of their slots).
+ShardedVariable = tf.__internal__.distribute.ShardedVariable
 
 
 def variable_key(variable) -> str:
@@ -38,6 +48,33 @@ def owning_strategy(variable) -> tf.distribute.Strategy:
   """The strategy that created `variable` (the default strategy if none)."""
   strategy = getattr(variable, "_distribute_strategy", None)
   return strategy or tf.distribute.get_strategy()
+
+
+def _sharded_key(container):
+  """The key under which a `ShardedVariable`'s deferred slot values wait.
+
+  A tuple, so it never equals a shard's key (a container's `_unique_id` is its
+  first shard's unless that shard's name contains "part_0").
+  """
+  return ("sharded", variable_key(container))
+
+
+def _sharded_container(variable):
+  """The `ShardedVariable` that `variable` is a shard of, or None."""
+  container = getattr(variable, "_sharded_container", None)
+  return container() if container is not None else None
+
+
+def _shard_info(container, shard):
+  """Where `shard` lies in `container`: `ShardInfo(shape, offset)`."""
+  offset = 0
+  for part in container.variables:
+    if part is shard:
+      break
+    offset += int(part.shape[0])
+  return trackable_base.ShardInfo(
+      shape=shard.shape.as_list(),
+      offset=[offset] + [0] * (len(shard.shape) - 1))
 
 
 def _slot_name_prefix(variable) -> str:
@@ -84,6 +121,10 @@ class SlotTable:
         lambda: collections.defaultdict(list))
     # Every slot, in creation order; `tf.Module.variables` collects this list.
     self.all_slots: List[tf.Variable] = []
+    # `_sharded_key(container)` -> slot name -> the container's slot (its
+    # shards' slots as one `ShardedVariable`), built once, so a checkpoint
+    # node stays bound to one object.
+    self._sharded_slots: Dict[tuple, Dict[str, ShardedVariable]] = {}
 
   @property
   def variables(self) -> List[tf.Variable]:
@@ -97,7 +138,36 @@ class SlotTable:
     return variable_key(variable) in self._slots
 
   def get(self, variable, slot_name: str) -> Optional[tf.Variable]:
+    """The slot of `variable` (a `ShardedVariable` for one), or None."""
+    if isinstance(variable, ShardedVariable):
+      return self._sharded_slot(variable, slot_name)
     return self._slots.get(variable_key(variable), {}).get(slot_name)
+
+  def _sharded_slot(self, container, slot_name: str):
+    """A `ShardedVariable` of the slots of `container`'s shards.
+
+    Args:
+      container: A `ShardedVariable` of model variables.
+      slot_name: The slot's name.
+
+    Returns:
+      The slot shards as one `ShardedVariable` (checkpoints save it as slices
+      of the whole slot), or None while some shard has no such slot.
+    """
+    shard_slots = [self._slots.get(variable_key(shard), {}).get(slot_name)
+                   for shard in container.variables]
+    if any(slot is None for slot in shard_slots):
+      return None
+    cached = self._sharded_slots.setdefault(_sharded_key(container), {})
+    slot = cached.get(slot_name)
+    if slot is None:
+      # Outside any `tf.function`: the container also makes a variable of the
+      # whole shape (never initialized, for SavedModel signatures).
+      with tf.init_scope():
+        slot = ShardedVariable(
+            shard_slots, name=f"{_slot_name_prefix(container)}/{slot_name}")
+      cached[slot_name] = slot
+    return slot
 
   def slots_for(self, variable) -> Dict[str, tf.Variable]:
     return self._slots[variable_key(variable)]
@@ -121,6 +191,7 @@ class SlotTable:
     if not slots:
       self._variables.append(variable)
     strategy = owning_strategy(variable)
+    container = _sharded_container(variable)
     with tf.init_scope():
       with strategy.scope(), strategy.extended.colocate_vars_with(variable):
         for slot_name in slot_names:
@@ -129,12 +200,26 @@ class SlotTable:
           positions = self._deferred[slot_name].pop(key, [])
           for position in positions:
             check_restorable_shape(position, slot_name, variable)
+          # Values saved for the whole sharded variable (checked against its
+          # shape when deferred); this shard reads its slice of the newest.
+          sharded = []
+          if container is not None:
+            sharded = self._deferred[slot_name].get(
+                _sharded_key(container), [])
+          newest = max(positions + sharded, key=lambda p: p.restore_uid,
+                       default=None)
           positions.sort(key=lambda p: p.restore_uid, reverse=True)
-          if positions:
+          if newest is None:
+            initial_value = initializers[slot_name]
+          elif any(newest is p for p in sharded):
+            initial_value = functools.partial(
+                tf.__internal__.tracking.CheckpointInitialValueCallable(
+                    checkpoint_position=newest),
+                shape=container.shape.as_list(),
+                shard_info=_shard_info(container, variable))
+          else:
             initial_value = tf.__internal__.tracking.CheckpointInitialValueCallable(
                 checkpoint_position=positions[0])
-          else:
-            initial_value = initializers[slot_name]
           slot = tf.Variable(
               initial_value,
               name=f"{_slot_name_prefix(variable)}/{slot_name}",
@@ -149,13 +234,46 @@ class SlotTable:
           self.all_slots.append(slot)
           if slot_name not in self._slot_names:
             self._slot_names.append(slot_name)
+      if container is not None:
+        self._bind_sharded(container)
+
+  def _bind_sharded(self, container) -> None:
+    """Binds values saved for `container` once all its shards have the slot.
+
+    The checkpoint node is the whole slot, so it is bound to the
+    `ShardedVariable` of the shards' slots. A restore reads the values again
+    only where some shard's slot was created before the value arrived (its
+    `_update_uid`, set from the value it was created with, is older).
+
+    Args:
+      container: A `ShardedVariable` some of whose shards just got slots.
+    """
+    key = _sharded_key(container)
+    for slot_name in list(self._deferred):
+      positions = self._deferred[slot_name].get(key)
+      if not positions:
+        continue
+      slot = self._sharded_slot(container, slot_name)
+      if slot is None:
+        continue
+      del self._deferred[slot_name][key]
+      # pylint: disable=protected-access
+      for part in slot.variables:
+        part._maybe_initialize_trackable()
+      slot._maybe_initialize_trackable()
+      slot._update_uid = min(part._update_uid for part in slot.variables)
+      # pylint: enable=protected-access
+      for position in sorted(positions, key=lambda p: p.restore_uid):
+        position.restore(slot)
 
   def create_or_restore(self, slot_variable_position, slot_name: str, variable):
     """The checkpoint hook: returns an existing slot or defers the value.
 
     An existing slot is returned unrestored: the caller binds it and restores
     it together with every other value of the same restore, so a restore that
-    fails changes nothing.
+    fails changes nothing. For a `ShardedVariable` that is the shards' slots
+    as one, restored slice by slice; a value for one whose shards do not all
+    have the slot yet waits until they do.
 
     Raises:
       ValueError: The saved slot's shape does not match `variable`.
@@ -164,8 +282,13 @@ class SlotTable:
     slot = self.get(variable, slot_name)
     if slot is not None:
       return slot
-    self._deferred[slot_name][variable_key(variable)].append(
-        slot_variable_position)
+    if isinstance(variable, ShardedVariable):
+      # Kept until every shard has the slot; each shard is created from its
+      # slice (`create`), then the whole is bound (`_bind_sharded`).
+      key = _sharded_key(variable)
+    else:
+      key = variable_key(variable)
+    self._deferred[slot_name][key].append(slot_variable_position)
     return None
 
 
