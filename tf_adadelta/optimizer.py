@@ -1,6 +1,7 @@
 """`tf_adadelta.Adadelta`: Keras's Adadelta as a `tf.Module`."""
 
 import collections
+import functools
 import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -195,8 +196,9 @@ class Adadelta(tf.Module):
     table = slots_lib.SlotTable()
     object.__setattr__(self, "_slot_table", table)
     object.__setattr__(self, "_slot_variables", table.all_slots)
-    compiled = tf.function(self._update_variable, jit_compile=True,
-                           autograph=False)
+    compiled = tf.function(
+        functools.partial(self._update_variable, compiled=True),
+        jit_compile=True, autograph=False)
     object.__setattr__(self, "_compiled_update", _Untracked(compiled))
 
   # --- Public surface -------------------------------------------------------
@@ -632,7 +634,7 @@ class Adadelta(tf.Module):
         self.clipvalue is not None or self.global_clipnorm is not None)
 
   def _update_variable(self, var, grad, slots, lr, applying, clip_scale,
-                       decay, ema):
+                       decay, ema, compiled=False):
     """The whole per-variable step: clip, decay, Adadelta; or accumulate.
 
     With gradient accumulation, `applying` (a Python bool) tells an applying
@@ -642,7 +644,7 @@ class Adadelta(tf.Module):
     `_update_average`): it depends on this variable alone, so doing it here
     rather than in a loop of its own saves a pass over memory when compiled.
     Runs once per copy of `var` (inside `strategy.extended.update`), and is
-    the function that `jit_compile` compiles.
+    the function that `jit_compile` compiles (then with `compiled=True`).
     """
     lr = tf.cast(lr, var.dtype)
 
@@ -657,7 +659,7 @@ class Adadelta(tf.Module):
             g.indices if lazy else None)
       adadelta_math.apply(var, slots.accumulated_grad,
                           slots.accumulated_delta_var, g, lr, self.rho,
-                          self.epsilon, lazy=lazy)
+                          self.epsilon, lazy=lazy, compiled=compiled)
 
     if applying is None:
       step(grad)
