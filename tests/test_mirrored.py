@@ -353,5 +353,14 @@ def test_whole_replica_step_compiles_with_xla():
   batch = dm.data()
   for _ in range(dm.STEPS):
     compiled(*batch)
-  assert_state_close(dm.state(variables, optimizer),
-                     dm.state(*dm.train_one_device(optimizer_fn)))
+  actual = dm.state(variables, optimizer)
+  expected = dm.state(*dm.train_one_device(optimizer_fn))
+  assert actual.keys() == expected.keys()
+  for key in expected:
+    # Here XLA also computes the model's gradients (its `tanh` differs from
+    # TensorFlow's in the last bits), and an accumulated mean of two nearly
+    # opposite gradients magnifies that in its own element; so the tolerance
+    # is relative to each tensor's scale, not to each element.
+    np.testing.assert_allclose(
+        actual[key], expected[key], rtol=RTOL,
+        atol=RTOL * np.max(np.abs(expected[key])), err_msg=key)
