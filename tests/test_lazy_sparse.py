@@ -29,14 +29,14 @@ def _step_values(step, count):
 
 
 def _reference(steps, lr=1.0, rho=0.95, epsilon=1e-7, weight_decay=None,
-               global_clipnorm=None):
+               global_clipnorm=None, dtype=tf.float32):
   """The fused kernel on deduplicated gradients; returns var and both slots."""
-  var = tf.Variable(_table())
-  accum = tf.Variable(tf.zeros([ROWS, COLS]))
-  accum_update = tf.Variable(tf.zeros([ROWS, COLS]))
+  var = tf.Variable(tf.cast(_table(), dtype))
+  accum = tf.Variable(tf.zeros([ROWS, COLS], dtype))
+  accum_update = tf.Variable(tf.zeros([ROWS, COLS], dtype))
   for step in range(steps):
     indices = np.array(STEP_INDICES[step])
-    values = _step_values(step, len(indices))
+    values = _step_values(step, len(indices)).astype(dtype.as_numpy_dtype)
     if global_clipnorm is not None:
       # Keras's clip of a sparse gradient takes the norm of its values.
       norm = np.sqrt(np.sum(values.astype(np.float64) ** 2))
@@ -45,17 +45,20 @@ def _reference(steps, lr=1.0, rho=0.95, epsilon=1e-7, weight_decay=None,
     summed = np.stack([values[indices == i].sum(axis=0) for i in unique])
     if weight_decay is not None:
       rows = tf.gather(var, unique)
-      var.scatter_update(tf.IndexedSlices(rows - rows * weight_decay * lr,
-                                          unique))
+      # As in Keras's (and the dense) decay: the rate is cast from float32.
+      decay = tf.cast(tf.constant(weight_decay), dtype)
+      var.scatter_update(tf.IndexedSlices(rows - rows * decay * lr, unique))
     tf.raw_ops.ResourceSparseApplyAdadelta(
         var=var.handle, accum=accum.handle, accum_update=accum_update.handle,
-        lr=tf.constant(lr), rho=tf.constant(rho), epsilon=tf.constant(epsilon),
-        grad=tf.constant(summed), indices=tf.constant(unique))
+        lr=tf.constant(lr, dtype), rho=tf.constant(rho, dtype),
+        epsilon=tf.constant(epsilon, dtype),
+        grad=tf.constant(summed, dtype), indices=tf.constant(unique))
   return var.numpy(), accum.numpy(), accum_update.numpy()
 
 
-def _train_lazy(mode, steps, index_dtype=tf.int32, **kwargs):
-  var = tf.Variable(_table())
+def _train_lazy(mode, steps, index_dtype=tf.int32, dtype=tf.float32,
+                **kwargs):
+  var = tf.Variable(tf.cast(_table(), dtype))
   optimizer = tf_adadelta.Adadelta(learning_rate=1.0, sparse_updates="lazy",
                                    **kwargs)
 
@@ -67,7 +70,7 @@ def _train_lazy(mode, steps, index_dtype=tf.int32, **kwargs):
     step_fn = tf.function(step_fn, jit_compile=(mode == "xla"))
   for step in range(steps):
     indices = STEP_INDICES[step]
-    step_fn(tf.constant(_step_values(step, len(indices))),
+    step_fn(tf.constant(_step_values(step, len(indices)), dtype),
             tf.constant(indices, index_dtype))
   return (var.numpy(), optimizer.get_slot(var, "accumulated_grad").numpy(),
           optimizer.get_slot(var, "accumulated_delta_var").numpy())
@@ -100,6 +103,24 @@ def test_matches_fused_sparse_kernel(config, mode):
   for slot in actual[1:]:
     np.testing.assert_array_equal(slot[UNTOUCHED], 0.0)
   assert np.all(actual[1][[1, 4, 7]] > 0)
+
+
+# Half types: the kernel rounds its intermediates differently, which moves
+# small accumulator entries by a few ulps of the values around them.
+@pytest.mark.parametrize("dtype,rtol,atol", [(tf.float16, 2e-2, 1e-3),
+                                             (tf.bfloat16, 5e-2, 1e-2),
+                                             (tf.float64, 1e-12, 1e-14)])
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_dtypes_match_fused_sparse_kernel(dtype, rtol, atol, mode):
+  kwargs = dict(weight_decay=0.1, epsilon=1e-3)
+  actual = _train_lazy(mode, len(STEP_INDICES), dtype=dtype, **kwargs)
+  expected = _reference(len(STEP_INDICES), dtype=dtype, **kwargs)
+  for a, e in zip(actual, expected):
+    assert a.dtype == e.dtype == dtype.as_numpy_dtype
+    np.testing.assert_allclose(np.float64(a), np.float64(e), rtol=rtol,
+                               atol=atol)
+  np.testing.assert_array_equal(np.float64(actual[0][UNTOUCHED]),
+                                np.float64(tf.cast(_table(), dtype))[UNTOUCHED])
 
 
 @pytest.mark.parametrize("index_dtype", [tf.int32, tf.int64])
