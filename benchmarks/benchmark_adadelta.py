@@ -240,7 +240,9 @@ def contenders_for(workload: Workload, config_name: str) -> List[Contender]:
   out = []
   if config_name == "default" and not workload.sparse:
     out.append(Contender("fused kernel", fused_kernel(workload)))
-  if config_name == "default" and workload.sparse:
+  # TensorFlow's sparse Adadelta kernel exists on the CPU only.
+  if (config_name == "default" and workload.sparse and
+      not tf.config.list_logical_devices("GPU")):
     out.append(Contender("TF1 sparse kernel (lazy semantics)",
                          fused_kernel(workload)))
   out.append(Contender("keras", keras_adadelta(workload, config, jit=False)))

@@ -30,7 +30,17 @@ def _step_values(step, count):
 
 def _reference(steps, lr=1.0, rho=0.95, epsilon=1e-7, weight_decay=None,
                global_clipnorm=None, dtype=tf.float32):
-  """The fused kernel on deduplicated gradients; returns var and both slots."""
+  """The fused kernel on deduplicated gradients; returns var and both slots.
+
+  On the CPU: TensorFlow has this kernel for the CPU only.
+  """
+  with tf.device("/CPU:0"):
+    return _reference_on_cpu(steps, lr, rho, epsilon, weight_decay,
+                             global_clipnorm, dtype)
+
+
+def _reference_on_cpu(steps, lr, rho, epsilon, weight_decay, global_clipnorm,
+                      dtype):
   var = tf.Variable(tf.cast(_table(), dtype))
   accum = tf.Variable(tf.zeros([ROWS, COLS], dtype))
   accum_update = tf.Variable(tf.zeros([ROWS, COLS], dtype))
