@@ -208,3 +208,27 @@ def test_config_round_trip():
   config = optimizer.get_config()
   assert config["sparse_updates"] == "lazy"
   assert tf_adadelta.Adadelta.from_config(config).sparse_updates == "lazy"
+
+
+@pytest.mark.parametrize("mode", ref.MODES)
+def test_nonfinite_sparse_step_is_skipped(mode):
+  var = tf.Variable(_table())
+  optimizer = tf_adadelta.Adadelta(learning_rate=1.0, sparse_updates="lazy",
+                                   weight_decay=0.1, skip_nonfinite_steps=True)
+
+  def step_fn(values):
+    optimizer.apply_gradients([(tf.IndexedSlices(values, tf.constant([2, 5])),
+                                var)])
+
+  if mode != "eager":
+    step_fn = tf.function(step_fn, jit_compile=(mode == "xla"))
+  step_fn(tf.ones([2, COLS]))
+  before = [v.numpy() for v in list(optimizer.variables) + [var]]
+  step_fn(tf.constant([[1.0, float("nan"), 1.0], [1.0, 1.0, 1.0]]))
+  after = [v.numpy() for v in list(optimizer.variables) + [var]]
+  assert int(optimizer.skipped_steps.numpy()) == 1
+  for b, a in zip(before, after):
+    if b.shape == ():  # the counters: only `skipped_steps` moved
+      continue
+    np.testing.assert_array_equal(a, b)
+  assert int(optimizer.iterations.numpy()) == 1
