@@ -60,6 +60,22 @@ def _rms_ratio(accumulated_delta_var, accumulated_grad, eps):
   return tf.sqrt(accumulated_delta_var + eps) / tf.sqrt(accumulated_grad + eps)
 
 
+def _step_values(acc_grad, acc_delta, grad, rho, epsilon):
+  """The update on values: returns `(new acc_grad, delta, new acc_delta)`.
+
+  Shared by the whole-tensor (`apply_dense_elementwise`) and row
+  (`apply_sparse_lazy`) updates; the caller writes the results back.
+  """
+  dtype = grad.dtype
+  rho_t = tf.constant(rho, dtype)
+  one_minus_rho = tf.constant(1 - rho, dtype)
+  eps = tf.constant(epsilon, dtype)
+  acc_grad = rho_t * acc_grad + one_minus_rho * tf.square(grad)
+  delta = -_rms_ratio(acc_delta, acc_grad, eps) * grad
+  acc_delta = rho_t * acc_delta + one_minus_rho * tf.square(delta)
+  return acc_grad, delta, acc_delta
+
+
 def apply_dense_elementwise(var, accumulated_grad, accumulated_delta_var, grad,
                             lr, rho, epsilon):
   """`apply_dense` as elementwise math, for a function XLA compiles.
@@ -68,15 +84,10 @@ def apply_dense_elementwise(var, accumulated_grad, accumulated_delta_var, grad,
   formula out lets it take one and fuse the step with the clipping, decay and
   EMA around it into one pass over memory. Same arguments as `apply_dense`.
   """
-  dtype = var.dtype
-  rho_t = tf.constant(rho, dtype)
-  one_minus_rho = tf.constant(1 - rho, dtype)
-  eps = tf.constant(epsilon, dtype)
-  acc_grad = rho_t * accumulated_grad + one_minus_rho * tf.square(grad)
-  delta = -_rms_ratio(accumulated_delta_var, acc_grad, eps) * grad
+  acc_grad, delta, acc_delta = _step_values(
+      accumulated_grad, accumulated_delta_var, grad, rho, epsilon)
   accumulated_grad.assign(acc_grad)
-  accumulated_delta_var.assign(rho_t * accumulated_delta_var +
-                               one_minus_rho * tf.square(delta))
+  accumulated_delta_var.assign(acc_delta)
   var.assign_add(lr * delta)
 
 
@@ -141,16 +152,10 @@ def apply_sparse_lazy(var, accumulated_grad, accumulated_delta_var, grad, lr,
     rho: Python float, the decay rate.
     epsilon: Python float, added inside both square roots.
   """
-  dtype = var.dtype
-  indices, values = grad.indices, grad.values
-  rho_t = tf.constant(rho, dtype)
-  one_minus_rho = tf.constant(1 - rho, dtype)
-  eps = tf.constant(epsilon, dtype)
-  acc_grad = (rho_t * tf.gather(accumulated_grad, indices) +
-              one_minus_rho * tf.square(values))
-  acc_delta = tf.gather(accumulated_delta_var, indices)
-  delta = -((tf.sqrt(acc_delta + eps) * values) / tf.sqrt(acc_grad + eps))
-  acc_delta = rho_t * acc_delta + one_minus_rho * tf.square(delta)
+  indices = grad.indices
+  acc_grad, delta, acc_delta = _step_values(
+      tf.gather(accumulated_grad, indices),
+      tf.gather(accumulated_delta_var, indices), grad.values, rho, epsilon)
   rows = tf.gather(var, indices) + lr * delta
   for variable, new_rows in ((accumulated_grad, acc_grad),
                              (accumulated_delta_var, acc_delta), (var, rows)):
