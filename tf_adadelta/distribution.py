@@ -10,17 +10,37 @@ the same path, so there is one code path for every mode.
 import tensorflow as tf
 
 
-def all_reduce_sum(grads):
+def all_reduce(grads, take_max=()):
   """Sums gradients across replicas when called inside `strategy.run`.
 
   In cross-replica context, or under no strategy, returns `grads` unchanged.
+
+  Args:
+    grads: The gradients, one per variable.
+    take_max: Positions of gradients that are values, not gradients (Keras's
+      `overwrite_with_gradient` variables): those are combined by their
+      elementwise maximum, as Keras combines them across accumulation steps.
+
+  Returns:
+    The list of combined gradients.
   """
   context = tf.distribute.get_replica_context()
-  if context is None or not tf.distribute.has_strategy():
+  if (context is None or not tf.distribute.has_strategy() or
+      context.num_replicas_in_sync == 1):
     return list(grads)
-  if context.num_replicas_in_sync == 1:
-    return list(grads)
-  return list(context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads)))
+  take_max = set(take_max)
+  summed = [i for i in range(len(grads)) if i not in take_max]
+  result = list(grads)
+  if summed:
+    reduced = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                 [grads[i] for i in summed])
+    for i, value in zip(summed, reduced):
+      result[i] = value
+  for i in sorted(take_max):
+    # `ReduceOp` has no maximum: gather every replica's value and reduce.
+    value = tf.expand_dims(tf.convert_to_tensor(grads[i]), 0)
+    result[i] = tf.reduce_max(context.all_gather(value, axis=0), axis=0)
+  return result
 
 
 def in_cross_replica(fn, *args):

@@ -62,8 +62,8 @@ def serialize(learning_rate):
   """The config value of a learning rate, the way Keras writes it."""
   if is_schedule(learning_rate):
     return keras.optimizers.schedules.serialize(learning_rate)
-  if isinstance(learning_rate, tf.Variable):
-    return float(learning_rate.numpy())
+  if isinstance(learning_rate, (tf.Variable, keras.Variable)):
+    return float(keras.ops.convert_to_numpy(learning_rate))
   if callable(learning_rate):
     return keras.saving.serialize_keras_object(learning_rate)
   return float(learning_rate)

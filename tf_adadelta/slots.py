@@ -18,66 +18,60 @@ variable itself does.
 import collections
 import functools
 import weakref
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
-# `SaveType` and `_SlotVariableRestoration` are not exported by `tf`.
-from tensorflow.python.trackable import base as trackable_base  # pylint: disable=g-direct-tensorflow-import
+
+from tf_adadelta import tf_internals
+from tf_adadelta import variables as variables_lib
 
 # The child under which a SavedModel holds the slots (see `SlotExport`).
 EXPORTED_SLOTS = "exported_slots"
 # In an exported slot group, the child that is the model variable itself.
 VARIABLE_LINK = "variable"
-# The container of a sharded variable's shards (and of their slots).
-ShardedVariable = tf.__internal__.distribute.ShardedVariable
-
-
-def variable_key(variable) -> str:
-  """A key for `variable` that is the same for every replica of it."""
-  if isinstance(variable, tf.distribute.DistributedValues):
-    # The container itself; its `handle` raises outside replica context.
-    return variable._unique_id  # pylint: disable=protected-access
-  if hasattr(variable, "_distributed_container"):
-    variable = variable._distributed_container()  # pylint: disable=protected-access
-  elif hasattr(getattr(variable, "handle", None), "_distributed_container"):
-    variable = variable.handle._distributed_container()  # pylint: disable=protected-access
-  return variable._unique_id  # pylint: disable=protected-access
+ShardedVariable = tf_internals.ShardedVariable
+# `make_slot(variable, slot_name, initial_value, name) -> slot`: how a face
+# creates a slot (a `tf.Variable`, or a Keras variable wrapping one).
+SlotFactory = Callable[[Any, str, Any, str], Any]
 
 
 def owning_strategy(variable) -> tf.distribute.Strategy:
   """The strategy that created `variable` (the default strategy if none)."""
-  strategy = getattr(variable, "_distribute_strategy", None)
+  strategy = getattr(variables_lib.unwrap(variable), "_distribute_strategy",
+                     None)
   return strategy or tf.distribute.get_strategy()
 
 
 def _sharded_key(container):
   """The key under which a `ShardedVariable`'s deferred slot values wait.
 
-  A tuple, so it never equals a shard's key (a container's `_unique_id` is its
+  A tuple, so it never equals a shard's key (a container's identity is its
   first shard's unless that shard's name contains "part_0").
   """
-  return ("sharded", variable_key(container))
-
-
-def _sharded_container(variable):
-  """The `ShardedVariable` that `variable` is a shard of, or None."""
-  container = getattr(variable, "_sharded_container", None)
-  return container() if container is not None else None
+  return ("sharded", variables_lib.key(container))
 
 
 def _shard_info(container, shard):
-  """Where `shard` lies in `container`: `ShardInfo(shape, offset)`."""
+  """Where `shard` lies in `container`, for a checkpoint slice read."""
   offset = 0
   for part in container.variables:
     if part is shard:
       break
     offset += int(part.shape[0])
-  return trackable_base.ShardInfo(
+  return tf_internals.shard_info(
       shape=shard.shape.as_list(),
       offset=[offset] + [0] * (len(shard.shape) - 1))
 
 
+def make_tf_variable(variable, slot_name: str, initial_value, name: str):
+  """The default `SlotFactory`: a plain non-trainable `tf.Variable`."""
+  del slot_name
+  return tf.Variable(initial_value, name=name, dtype=variable.dtype,
+                     shape=variable.shape, trainable=False)
+
+
 def _slot_name_prefix(variable) -> str:
+  variable = variables_lib.unwrap(variable)
   name = getattr(variable, "_shared_name", None) or variable.name
   return name.split(":")[0]
 
@@ -93,6 +87,7 @@ def check_restorable_shape(position, slot_name: str, variable) -> None:
   Raises:
     ValueError: The saved value's shape differs from `variable`'s.
   """
+  variable = variables_lib.unwrap(variable)
   saved_shape = position.value_shape()
   if saved_shape is None:
     return
@@ -109,39 +104,55 @@ class SlotTable:
   """Holds the slots of every variable an optimizer has seen.
 
   Not a `Trackable` itself: the optimizer exposes `get_slot_names`, `get_slot`
-  and `create_or_restore`, which the checkpoint machinery calls.
+  and `create_or_restore`, which the checkpoint machinery calls. Slots are
+  what the face's `make_slot` creates (`tf.Variable`s, or Keras variables);
+  the step works on the `tf.Variable`s behind them (`variables_of`).
+
+  Args:
+    make_slot: The `SlotFactory` that creates each slot.
   """
 
-  def __init__(self):
-    self._slots: Dict[str, Dict[str, tf.Variable]] = {}
-    self._variables: List[tf.Variable] = []
-    self._slot_names: List[str] = []
+  def __init__(self, make_slot: SlotFactory = make_tf_variable):
+    self._make_slot = make_slot
+    self._slots: Dict[Any, Dict[str, Any]] = {}
+    self._variables: List[Any] = []
     # slot name -> variable key -> checkpoint positions waiting for the slot.
     self._deferred = collections.defaultdict(
         lambda: collections.defaultdict(list))
     # Every slot, in creation order; `tf.Module.variables` collects this list.
-    self.all_slots: List[tf.Variable] = []
+    self.all_slots: List[Any] = []
     # `_sharded_key(container)` -> slot name -> the container's slot (its
     # shards' slots as one `ShardedVariable`), built once, so a checkpoint
     # node stays bound to one object.
     self._sharded_slots: Dict[tuple, Dict[str, ShardedVariable]] = {}
 
   @property
-  def variables(self) -> List[tf.Variable]:
+  def variables(self) -> List[Any]:
     """The variables that have slots, in the order they were first seen."""
     return list(self._variables)
 
-  def slot_names(self) -> List[str]:
-    return list(self._slot_names)
-
   def has(self, variable) -> bool:
-    return variable_key(variable) in self._slots
+    return variables_lib.key(variable) in self._slots
 
-  def get(self, variable, slot_name: str) -> Optional[tf.Variable]:
+  def get(self, variable, slot_name: str) -> Optional[Any]:
     """The slot of `variable` (a `ShardedVariable` for one), or None."""
-    if isinstance(variable, ShardedVariable):
-      return self._sharded_slot(variable, slot_name)
-    return self._slots.get(variable_key(variable), {}).get(slot_name)
+    if isinstance(variables_lib.unwrap(variable), ShardedVariable):
+      return self._sharded_slot(variables_lib.unwrap(variable), slot_name)
+    return self._slots.get(variables_lib.key(variable), {}).get(slot_name)
+
+  def get_variable(self, variable, slot_name: str) -> Optional[tf.Variable]:
+    """The `tf.Variable` of a slot of `variable`, or None."""
+    slot = self._slots.get(variables_lib.key(variable), {}).get(slot_name)
+    return None if slot is None else variables_lib.unwrap(slot)
+
+  def slots_of(self, variable) -> Dict[str, Any]:
+    """Slot name -> each slot of `variable`, as the face created it."""
+    return dict(self._slots[variables_lib.key(variable)])
+
+  def variables_of(self, variable) -> Dict[str, tf.Variable]:
+    """Slot name -> the `tf.Variable` of each slot of `variable`."""
+    return {name: variables_lib.unwrap(slot) for name, slot
+            in self._slots[variables_lib.key(variable)].items()}
 
   def _sharded_slot(self, container, slot_name: str):
     """A `ShardedVariable` of the slots of `container`'s shards.
@@ -154,7 +165,7 @@ class SlotTable:
       The slot shards as one `ShardedVariable` (checkpoints save it as slices
       of the whole slot), or None while some shard has no such slot.
     """
-    shard_slots = [self._slots.get(variable_key(shard), {}).get(slot_name)
+    shard_slots = [self.get_variable(shard, slot_name)
                    for shard in container.variables]
     if any(slot is None for slot in shard_slots):
       return None
@@ -169,9 +180,6 @@ class SlotTable:
       cached[slot_name] = slot
     return slot
 
-  def slots_for(self, variable) -> Dict[str, tf.Variable]:
-    return self._slots[variable_key(variable)]
-
   def create(self, variable, slot_names, initializers: Dict[str, Callable]):
     """Creates the named slots of `variable`, restoring any saved values.
 
@@ -181,25 +189,26 @@ class SlotTable:
     parameter server gets its slots beside it.
 
     Args:
-      variable: The model variable.
+      variable: The model variable (a Keras variable or a `tf.Variable`).
       slot_names: The slots to create.
       initializers: Maps slot name to a callable returning the initial value
         (only used where no checkpoint value is waiting).
     """
-    key = variable_key(variable)
-    slots = self._slots.setdefault(key, {})
-    if not slots:
+    key = variables_lib.key(variable)
+    if key not in self._slots:
       self._variables.append(variable)
-    strategy = owning_strategy(variable)
-    container = _sharded_container(variable)
+    slots = self._slots.setdefault(key, {})
+    tf_variable = variables_lib.unwrap(variable)
+    strategy = owning_strategy(tf_variable)
+    container = tf_internals.sharded_container(tf_variable)
     with tf.init_scope():
-      with strategy.scope(), strategy.extended.colocate_vars_with(variable):
+      with strategy.scope(), strategy.extended.colocate_vars_with(tf_variable):
         for slot_name in slot_names:
           if slot_name in slots:
             continue
           positions = self._deferred[slot_name].pop(key, [])
           for position in positions:
-            check_restorable_shape(position, slot_name, variable)
+            check_restorable_shape(position, slot_name, tf_variable)
           # Values saved for the whole sharded variable (checked against its
           # shape when deferred); this shard reads its slice of the newest.
           sharded = []
@@ -213,27 +222,22 @@ class SlotTable:
             initial_value = initializers[slot_name]
           elif any(newest is p for p in sharded):
             initial_value = functools.partial(
-                tf.__internal__.tracking.CheckpointInitialValueCallable(
+                tf_internals.CheckpointInitialValueCallable(
                     checkpoint_position=newest),
                 shape=container.shape.as_list(),
-                shard_info=_shard_info(container, variable))
+                shard_info=_shard_info(container, tf_variable))
           else:
-            initial_value = tf.__internal__.tracking.CheckpointInitialValueCallable(
+            initial_value = tf_internals.CheckpointInitialValueCallable(
                 checkpoint_position=positions[0])
-          slot = tf.Variable(
-              initial_value,
-              name=f"{_slot_name_prefix(variable)}/{slot_name}",
-              dtype=variable.dtype,
-              shape=variable.shape,
-              trainable=False)
+          slot = self._make_slot(
+              tf_variable, slot_name, initial_value,
+              f"{_slot_name_prefix(tf_variable)}/{slot_name}")
           # Binds the slot to its checkpoint nodes (for `assert_consumed`); the
           # newest value is already its initial value, so nothing is re-read.
           for position in positions:
             position.restore(slot)
           slots[slot_name] = slot
           self.all_slots.append(slot)
-          if slot_name not in self._slot_names:
-            self._slot_names.append(slot_name)
       if container is not None:
         self._bind_sharded(container)
 
@@ -257,12 +261,7 @@ class SlotTable:
       if slot is None:
         continue
       del self._deferred[slot_name][key]
-      # pylint: disable=protected-access
-      for part in slot.variables:
-        part._maybe_initialize_trackable()
-      slot._maybe_initialize_trackable()
-      slot._update_uid = min(part._update_uid for part in slot.variables)
-      # pylint: enable=protected-access
+      tf_internals.mark_restored_no_earlier_than(slot, slot.variables)
       for position in sorted(positions, key=lambda p: p.restore_uid):
         position.restore(slot)
 
@@ -278,6 +277,7 @@ class SlotTable:
     Raises:
       ValueError: The saved slot's shape does not match `variable`.
     """
+    variable = variables_lib.unwrap(variable)
     check_restorable_shape(slot_variable_position, slot_name, variable)
     slot = self.get(variable, slot_name)
     if slot is not None:
@@ -287,26 +287,26 @@ class SlotTable:
       # slice (`create`), then the whole is bound (`_bind_sharded`).
       key = _sharded_key(variable)
     else:
-      key = variable_key(variable)
+      key = variables_lib.key(variable)
     self._deferred[slot_name][key].append(slot_variable_position)
     return None
 
 
-class _SlotGroup(trackable_base.Trackable):
+class _SlotGroup(tf_internals.Trackable):
   """One variable's slots as ordinary children, plus the variable itself."""
 
   def __init__(self, variable, slots: Dict[str, tf.Variable]):
     self._variable = variable
     self._slots = dict(slots)
 
-  def _trackable_children(self, save_type=trackable_base.SaveType.CHECKPOINT,
+  def _trackable_children(self, save_type=tf_internals.SaveType.CHECKPOINT,
                           **kwargs):
     children = {VARIABLE_LINK: self._variable}
     children.update(self._slots)
     return children
 
 
-class SlotExport(trackable_base.Trackable):
+class SlotExport(tf_internals.Trackable):
   """The slots of a `SlotTable` as ordinary children, for a SavedModel.
 
   A SavedModel must not contain slot-variable references: loading one calls
@@ -321,9 +321,9 @@ class SlotExport(trackable_base.Trackable):
   def __init__(self, table: "SlotTable"):
     self._table = table
 
-  def _trackable_children(self, save_type=trackable_base.SaveType.CHECKPOINT,
+  def _trackable_children(self, save_type=tf_internals.SaveType.CHECKPOINT,
                           **kwargs):
-    return {str(index): _SlotGroup(variable, self._table.slots_for(variable))
+    return {str(index): _SlotGroup(variable, self._table.slots_of(variable))
             for index, variable in enumerate(self._table.variables)}
 
 
@@ -347,7 +347,7 @@ class _ForwardPositions(dict):
     self._receive(position)
 
 
-class ExportedSlotsRestorer(trackable_base.Trackable):
+class ExportedSlotsRestorer(tf_internals.Trackable):
   """Restores slots that a SavedModel's checkpoint holds as `SlotExport`.
 
   The optimizer returns this object for the `EXPORTED_SLOTS` child while a
@@ -382,7 +382,7 @@ class ExportedSlotsRestorer(trackable_base.Trackable):
     for slot_name, slot_id in children.items():
       if variable is None:
         checkpoint.slot_restorations[variable_id].append(
-            trackable_base._SlotVariableRestoration(  # pylint: disable=protected-access
+            tf_internals.slot_variable_restoration(
                 optimizer_id=optimizer_id, slot_variable_id=slot_id,
                 slot_name=slot_name))
         continue

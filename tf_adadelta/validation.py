@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_adadelta import learning_rate as lr_lib
-from tf_adadelta import slots as slots_lib
+from tf_adadelta import variables as variables_lib
 
 
 # How `tf.IndexedSlices` gradients update: as Keras does ("keras"), or only the
@@ -112,36 +112,29 @@ def check_constructor_args(*, learning_rate, rho, epsilon, weight_decay,
 
 
 def _variable_name(variable) -> str:
-  return getattr(variable, "name", repr(variable))
+  return variables_lib.display_name(variable)
 
 
-def _is_float_variable(variable) -> bool:
-  return (isinstance(variable, tf.Variable) and
-          variable.dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64))
+def check_variable(variable):
+  """Returns `variable` if the optimizer can update it.
 
+  Args:
+    variable: A float `tf.Variable`, or a Keras variable wrapping one.
 
-def unwrap_variable(variable):
-  """Returns the `tf.Variable` behind a Keras 3 variable (others unchanged)."""
-  if not isinstance(variable, tf.Variable) and isinstance(
-      getattr(variable, "value", None), tf.Variable):
-    return variable.value
-  return variable
-
-
-def check_variable(variable) -> tf.Variable:
-  """Returns `variable` as a `tf.Variable`, unwrapping Keras variables.
+  Returns:
+    `variable`, as given.
 
   Raises:
     TypeError: `variable` is not a float `tf.Variable` or Keras variable.
   """
-  variable = unwrap_variable(variable)
-  if not _is_float_variable(variable):
+  if not variables_lib.is_float_variable(variable):
+    inner = variables_lib.unwrap(variable)
     raise TypeError(
-        "Adadelta can only update float tf.Variables (float16, bfloat16, "
-        f"float32, float64). Received {type(variable).__name__} "
-        f"'{_variable_name(variable)}'"
-        + (f" of dtype {tf.as_dtype(variable.dtype).name}"
-           if hasattr(variable, "dtype") else "") + ".")
+        "Adadelta can only update float tf.Variables or Keras variables "
+        "(float16, bfloat16, float32, float64). Received "
+        f"{type(variable).__name__} '{_variable_name(variable)}'"
+        + (f" of dtype {tf.as_dtype(inner.dtype).name}"
+           if hasattr(inner, "dtype") else "") + ".")
   return variable
 
 
@@ -246,7 +239,7 @@ def check_grads_and_vars(grads_and_vars) -> Tuple[List, List, List]:
       raise TypeError("Argument `grads_and_vars` must hold (gradient, "
                       f"variable) pairs. Received an element {pair!r}.") from e
     variable = check_variable(variable)
-    key = slots_lib.variable_key(variable)
+    key = variables_lib.key(variable)
     if key in seen:
       raise ValueError(f"Variable '{_variable_name(variable)}' appears more "
                        "than once in `grads_and_vars`; sum its gradients "
@@ -255,8 +248,8 @@ def check_grads_and_vars(grads_and_vars) -> Tuple[List, List, List]:
     if grad is None:
       without_grads.append(variable)
       continue
-    grad = _as_gradient(grad, variable)
-    _check_gradient(grad, variable)
+    grad = _as_gradient(grad, variables_lib.unwrap(variable))
+    _check_gradient(grad, variables_lib.unwrap(variable))
     grads.append(grad)
     variables.append(variable)
   if pairs and not grads:
