@@ -6,7 +6,8 @@ from tf_adadelta import version_check as _version_check
 
 _version_check.ensure_supported_versions()
 
+from tf_adadelta import keras
 from tf_adadelta.optimizer import Adadelta
 
-__all__ = ["Adadelta"]
+__all__ = ["Adadelta", "keras"]
 __version__ = "0.1.0"

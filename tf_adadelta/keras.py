@@ -1,0 +1,261 @@
+"""`tf_adadelta.keras.Adadelta`: the library's Adadelta for `model.compile`.
+
+A `keras.optimizers.Optimizer`, so Keras's `compile`/`fit`, `.keras` files,
+`BackupAndRestore`, callbacks and `LossScaleOptimizer` take it; it runs the
+same `step.Step` as `tf_adadelta.Adadelta`, over Keras variables it owns.
+
+`import tf_adadelta` registers the class for Keras serialization (as
+`"tf_adadelta>Adadelta"`), so `keras.models.load_model` finds it without
+`custom_objects`.
+"""
+
+from typing import Any, Dict, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_adadelta import arguments
+from tf_adadelta import learning_rate as lr_lib
+from tf_adadelta import slots as slots_lib
+from tf_adadelta import step as step_lib
+from tf_adadelta import validation
+
+
+@keras.saving.register_keras_serializable(package="tf_adadelta",
+                                          name="Adadelta")
+class Adadelta(keras.optimizers.Optimizer):
+  """Optimizer that implements the Adadelta algorithm, for Keras `fit`.
+
+  The arguments, numbers and features of `tf_adadelta.Adadelta` (see its
+  docstring and the README), as a Keras optimizer:
+
+  >>> model.compile(optimizer=tf_adadelta.keras.Adadelta(1.0), loss="mse")
+
+  State is Keras variables, in `variables` in a fixed order: `iterations`
+  (Keras's raw call counter), the learning rate (for a float rate),
+  `skipped_steps` (with `skip_nonfinite_steps`), then per variable, in the
+  order of `build`, its slots `accumulated_grad`, `accumulated_delta_var`,
+  `average` (`use_ema`) and `gradient_accumulator` (accumulation). Keras's
+  files save them by position; loading a different number raises
+  `ValueError` instead of dropping the state, and values loaded before the
+  optimizer is built are kept until `build`.
+  """
+
+  def __init__(self,
+               learning_rate: lr_lib.LearningRate = 0.001,
+               rho: float = 0.95,
+               epsilon: float = 1e-7,
+               weight_decay: Optional[float] = None,
+               clipnorm: Optional[float] = None,
+               clipvalue: Optional[float] = None,
+               global_clipnorm: Optional[float] = None,
+               use_ema: bool = False,
+               ema_momentum: float = 0.99,
+               ema_overwrite_frequency: Optional[int] = None,
+               loss_scale_factor: Optional[float] = None,
+               gradient_accumulation_steps: Optional[int] = None,
+               name: str = "adadelta",
+               *,
+               jit_compile: Optional[bool] = None,
+               skip_nonfinite_steps: bool = False,
+               skip_gradients_aggregation: bool = False,
+               sparse_updates: str = "keras",
+               **kwargs):
+    args = dict(locals())
+    for unused in ("self", "kwargs", "__class__"):
+      args.pop(unused, None)
+    # Checked before Keras sees them, so both faces raise the same errors.
+    arguments.check(args, kwargs)
+    if lr_lib.is_number(learning_rate):
+      learning_rate = float(learning_rate)
+    elif isinstance(learning_rate, tf.Variable):
+      variable = learning_rate
+      learning_rate = lambda: variable
+    super().__init__(
+        learning_rate=learning_rate, weight_decay=weight_decay,
+        clipnorm=clipnorm, clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm, use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps, name=name)
+    arguments.store(self, args)
+    self.skipped_steps = None
+    if skip_nonfinite_steps:
+      self.skipped_steps = self.add_variable(
+          (), initializer="zeros", dtype="int64",
+          aggregation="only_first_replica", name="skipped_steps")
+    table = slots_lib.SlotTable(make_slot=self._make_slot)
+    exclusions = arguments.WeightDecayExclusions()
+    self._tf_adadelta = _Untracked(
+        table=table, exclusions=exclusions, pending_values=None,
+        step=step_lib.Step(self, step_lib.StepState(
+            slots=table, calls=self._iterations.value, applied=None,
+            skipped=(self.skipped_steps.value if skip_nonfinite_steps
+                     else None),
+            learning_rate=lambda: self.learning_rate,
+            uses_weight_decay=exclusions.uses_weight_decay,
+            create_slots=self._create_slots)))
+
+  # --- Keras's protocol -----------------------------------------------------
+
+  def build(self, variables: Sequence[Any]) -> None:
+    """Creates the slots of `variables`, in their order (see `variables`)."""
+    self._create_slots(list(variables))
+    # Not an attribute Keras tracks: these are the model's variables.
+    object.__setattr__(self, "_trainable_variables",
+                       list(self._tf_adadelta.table.variables))
+    self.built = True
+    held = self._tf_adadelta
+    if held.pending_values is not None:
+      values, held.pending_values = held.pending_values, None
+      self._assign_saved(values)
+
+  def apply(self, grads, trainable_variables=None):
+    """Applies one step: `grads` in the order of `trainable_variables`.
+
+    Args:
+      grads: Gradients, one per variable (None skips that variable).
+      trainable_variables: The variables; if omitted, those of `build`.
+
+    Returns:
+      The raw `iterations` counter.
+    """
+    grads = list(grads)
+    if trainable_variables is None:
+      if not self.built:
+        raise ValueError("When `trainable_variables` is omitted the optimizer "
+                         "must already be built: call `build(variables)` or "
+                         "pass `trainable_variables`.")
+      trainable_variables = self._trainable_variables
+    trainable_variables = list(trainable_variables)
+    if len(grads) != len(trainable_variables):
+      raise ValueError(f"Received {len(grads)} gradients for "
+                       f"{len(trainable_variables)} variables; `grads` must "
+                       "match `trainable_variables` one to one.")
+    if not self.built:
+      with keras.name_scope(self.name, caller=self):
+        self.build(trainable_variables)
+    with keras.name_scope(self.name, caller=self):
+      self._tf_adadelta.step.apply_gradients(zip(grads, trainable_variables))
+    return self._iterations
+
+  def apply_gradients(self, grads_and_vars, *,
+                      skip_gradients_aggregation: Optional[bool] = None):
+    """Applies one step from `(gradient, variable)` pairs.
+
+    Args:
+      grads_and_vars: `(gradient, variable)` pairs, as for
+        `tf_adadelta.Adadelta.apply_gradients`.
+      skip_gradients_aggregation: Overrides the constructor's option.
+
+    Returns:
+      The raw `iterations` counter.
+    """
+    pairs = list(grads_and_vars)
+    if not self.built:
+      with keras.name_scope(self.name, caller=self):
+        self.build([v for _, v in pairs])
+    with keras.name_scope(self.name, caller=self):
+      self._tf_adadelta.step.apply_gradients(pairs, skip_gradients_aggregation)
+    return self._iterations
+
+  def finalize_variable_values(self, var_list):
+    """With `use_ema`, sets each variable to its moving average."""
+    self._tf_adadelta.step.finalize_variable_values(var_list)
+
+  def exclude_from_weight_decay(self, var_list=None, var_names=None):
+    """Excludes variables from weight decay, before the optimizer is built."""
+    if self.built:
+      raise ValueError("`exclude_from_weight_decay()` must be called before "
+                       "the optimizer is built (before its first step).")
+    self._tf_adadelta.exclusions.set(var_list, var_names)
+
+  def get_slot_names(self):
+    """Names of the slots this optimizer creates for each variable."""
+    return step_lib.slot_names(self)
+
+  def get_slot(self, var, slot_name: str):
+    """Returns the slot `slot_name` of `var` (a Keras or TF variable).
+
+    Raises:
+      KeyError: `var` has no such slot (yet).
+    """
+    slot = self._tf_adadelta.table.get(var, slot_name)
+    if slot is None:
+      raise KeyError(f"No slot '{slot_name}' for variable "
+                     f"'{getattr(var, 'name', var)}'. Slots: "
+                     f"{self.get_slot_names()}.")
+    return slot
+
+  def get_config(self) -> Dict[str, Any]:
+    """The constructor arguments (Keras's Adadelta config, plus four)."""
+    return arguments.get_config(self, self._learning_rate)
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None) -> "Adadelta":
+    """Creates an optimizer from `get_config()` (or a Keras Adadelta config)."""
+    return cls(**arguments.from_config_args(config, custom_objects))
+
+  def save_own_variables(self, store):
+    values = self._tf_adadelta.pending_values
+    if values is None:
+      values = [np.asarray(v.numpy()) for v in self.variables]
+    for i, value in enumerate(values):
+      store[str(i)] = value
+
+  def load_own_variables(self, store):
+    values = [np.asarray(store[str(i)]) for i in range(len(store.keys()))]
+    if not self.built and len(values) > len(self.variables):
+      # Slots do not exist yet (Keras builds lazily): keep the values until
+      # `build` creates them.
+      self._tf_adadelta.pending_values = values
+      return
+    self._assign_saved(values)
+
+  # --- State ----------------------------------------------------------------
+
+  def _assign_saved(self, values):
+    own = self.variables
+    unbuilt_count = len(own) - len(self._tf_adadelta.table.all_slots)
+    if len(values) == unbuilt_count and len(values) < len(own):
+      # Saved before any step: counters and rate only, slots stay initial.
+      own = own[:unbuilt_count]
+    if len(values) != len(own):
+      raise ValueError(
+          f"Cannot load the state of optimizer '{self.name}': it has "
+          f"{len(own)} variables, the saved state has {len(values)}. The "
+          "state was saved for another model or another configuration "
+          "(slots depend on `use_ema` and `gradient_accumulation_steps`); "
+          "nothing was loaded.")
+    for variable, value in zip(own, values):
+      if tuple(variable.shape) != tuple(value.shape):
+        raise ValueError(
+            f"Cannot load the state of optimizer '{self.name}': variable "
+            f"'{variable.path}' has shape {tuple(variable.shape)}, the saved "
+            f"value has shape {tuple(value.shape)}; nothing was loaded.")
+    for variable, value in zip(own, values):
+      variable.assign(value)
+
+  def _create_slots(self, variables):
+    variables = [validation.check_variable(v) for v in variables]
+    for variable in variables:
+      self._tf_adadelta.table.create(
+          variable, step_lib.slot_names(self, variable),
+          step_lib.slot_initializers(variable))
+
+  def _make_slot(self, variable, slot_name, initial_value, name):
+    del name  # Keras variable names cannot hold "/".
+    prefix = variable.name.split(":")[0].replace("/", "_")
+    # Keras calls initializers with `(shape, dtype)`; ours take no argument.
+    return self.add_variable(
+        tuple(variable.shape), initializer=lambda *_, **__: initial_value(),
+        dtype=variable.dtype.name, name=f"{prefix}_{slot_name}")
+
+
+class _Untracked:
+  """Holds the engine's objects apart from Keras's attribute tracking."""
+
+  def __init__(self, **items):
+    self.__dict__.update(items)
