@@ -5,6 +5,14 @@ slot-variable protocol of checkpoints, sharded variables, SavedModel export
 of slots). Each such use is wrapped here, named for what it is for, so a
 TensorFlow release that changes one breaks one function, and
 `tests/test_tf_internals.py` says which.
+
+Beyond these names, `slots.py` uses the checkpoint-position objects that
+TensorFlow passes to an optimizer's `_create_or_restore_slot_variable`
+(`value_shape`, `restore_uid`, `restore`, and for SavedModel slot groups
+`checkpoint.object_by_proto_id`, `checkpoint.slot_restorations`,
+`create_child_position`, `object_proto.children`); the same tests exercise
+them through a real restore. Keras variables need none: their public `.value`
+is the `tf.Variable` they wrap.
 """
 
 from typing import Any, Optional
