@@ -10,8 +10,11 @@ batch size, so summing per-replica gradients gives the global-batch gradient.
 import functools
 import socket
 
+import keras
 import numpy as np
 import tensorflow as tf
+
+from tests import variable_kinds
 
 GLOBAL_BATCH = 8
 VOCAB = 6
@@ -35,11 +38,27 @@ OPTIMIZER_SETTINGS = {
 }
 
 
+# A setting named "keras:<name>" trains Keras variables with the optimizer of
+# `<name>`; its numbers must equal the `tf.Variable` run of `<name>`.
+KERAS_PREFIX = "keras:"
+
+
+def variable_kind(setting: str) -> str:
+  """The kind of variable (`variable_kinds.KINDS`) a setting trains."""
+  if setting.startswith(KERAS_PREFIX):
+    return variable_kinds.KERAS
+  return variable_kinds.TF
+
+
+def checkpoint_name(setting: str) -> str:
+  """The file name of a setting's checkpoint in a worker's output folder."""
+  return "ckpt_" + setting.replace(":", "_")
+
+
 def make_optimizer(setting: str):
   """A `tf_adadelta.Adadelta` with the named `OPTIMIZER_SETTINGS`."""
-  import keras  # pylint: disable=g-import-not-at-top
   import tf_adadelta  # pylint: disable=g-import-not-at-top
-  kwargs = dict(OPTIMIZER_SETTINGS[setting])
+  kwargs = dict(OPTIMIZER_SETTINGS[setting.removeprefix(KERAS_PREFIX)])
   learning_rate = 1.0
   if kwargs.pop("schedule", False):
     learning_rate = keras.optimizers.schedules.ExponentialDecay(
@@ -71,18 +90,31 @@ def initial_values(seed: int = 1):
   }
 
 
-def make_variables():
-  """Creates the model's variables (call under a strategy's scope)."""
-  return [tf.Variable(value, name=name)
+def make_variables(kind: str = variable_kinds.TF):
+  """Creates the model's variables (call under a strategy's scope).
+
+  Args:
+    kind: `tf.Variable`s or Keras variables (`variable_kinds.KINDS`).
+  """
+  return [variable_kinds.make(kind, value, name)
           for name, value in initial_values().items()]
 
 
+def unwrap(variable):
+  """The `tf.Variable` (or distributed or sharded one) a Keras variable wraps."""
+  return variable.value if isinstance(variable, keras.Variable) else variable
+
+
 def trainable(variables):
-  """The variables to differentiate: the shards of a sharded variable."""
+  """The variables to differentiate: the shards of a sharded variable.
+
+  A Keras variable is kept as it is (the optimizer takes it), unless it wraps
+  a `ShardedVariable`, whose shards are what gradients are taken for.
+  """
   flat = []
   for v in variables:
-    if isinstance(v, tf.__internal__.distribute.ShardedVariable):
-      flat.extend(v.variables)
+    if isinstance(unwrap(v), tf.__internal__.distribute.ShardedVariable):
+      flat.extend(unwrap(v).variables)
     else:
       flat.append(v)
   return flat
@@ -112,6 +144,7 @@ def step(optimizer, variables, x, ids, y, **apply_kwargs):
 
 def values(variable):
   """A variable's value as NumPy (a sharded one concatenated)."""
+  variable = unwrap(variable)
   if isinstance(variable, tf.__internal__.distribute.ShardedVariable):
     return np.concatenate([s.numpy() for s in variable.variables])
   return variable.numpy()
@@ -127,13 +160,14 @@ def dense_step(optimizer, variables, x, ids, y):
   return loss
 
 
-def train_one_device(optimizer_fn, steps: int = STEPS, step_fn=step):
+def train_one_device(optimizer_fn, steps: int = STEPS, step_fn=step,
+                     kind: str = variable_kinds.TF):
   """The reference: one device, the global batch, `steps` steps.
 
   Returns:
     `(variables, optimizer)`.
   """
-  variables = make_variables()
+  variables = make_variables(kind)
   optimizer = optimizer_fn()
   batch = data()
   for _ in range(steps):

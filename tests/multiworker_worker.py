@@ -45,7 +45,7 @@ def main(out_dir, settings):
   arrays = {}
   for setting in settings:
     with strategy.scope():
-      variables = dm.make_variables()
+      variables = dm.make_variables(dm.variable_kind(setting))
       optimizer = dm.make_optimizer(setting)
 
     distributed_step = _make_step(strategy, optimizer, variables)
@@ -58,7 +58,7 @@ def main(out_dir, settings):
             **{f"v{i}": v for i, v in enumerate(variables)}),
         optimizer=optimizer)
     folder = out_dir if index == 0 else os.path.join(out_dir, f"scratch_{index}")
-    checkpoint.write(os.path.join(folder, f"ckpt_{setting}"))
+    checkpoint.write(os.path.join(folder, dm.checkpoint_name(setting)))
   np.savez(os.path.join(out_dir, f"state_{index}.npz"), **arrays)
 
 

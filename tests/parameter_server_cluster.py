@@ -29,6 +29,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tests import distributed_model as dm  # pylint: disable=g-import-not-at-top
+from tests import variable_kinds  # pylint: disable=g-import-not-at-top
 
 NUM_PS = 2
 
@@ -65,10 +66,23 @@ def _make_train_step(strategy, optimizer, variables, batch):
   return train_step
 
 
+def _savable(variable):
+  """What a checkpoint can hold of a model variable.
+
+  A Keras variable wrapping a `ShardedVariable` cannot be written by
+  `tf.train.Checkpoint` (Keras serializes its value as one tensor), so the
+  `ShardedVariable` itself is saved, as a user of a partitioner must.
+  """
+  inner = dm.unwrap(variable)
+  if isinstance(inner, tf.__internal__.distribute.ShardedVariable):
+    return inner
+  return variable
+
+
 def _checkpoint(variables, optimizer):
   return tf.train.Checkpoint(
       model=tf.train.Checkpoint(
-          **{f"v{i}": v for i, v in enumerate(variables)}),
+          **{f"v{i}": _savable(v) for i, v in enumerate(variables)}),
       optimizer=optimizer)
 
 
@@ -153,7 +167,7 @@ def restore_checks(strategy, out_dir, setting, trained):
 def _devices(variables, optimizer):
   """Per variable or shard: its device, then its slots' devices."""
   return np.array([
-      [part.device] + [optimizer.get_slot(part, name).device
+      [dm.unwrap(part).device] + [optimizer.get_slot(part, name).device
                        for name in optimizer.get_slot_names()]
       for part in dm.trainable(variables)])
 
@@ -172,7 +186,7 @@ def main(out_dir, num_workers, num_shards, steps, settings):
   arrays = {}
   for setting in settings:
     with strategy.scope():
-      variables = dm.make_variables()
+      variables = dm.make_variables(dm.variable_kind(setting))
       optimizer = dm.make_optimizer(setting)
 
     train_step = _make_train_step(strategy, optimizer, variables, batch)
@@ -187,8 +201,9 @@ def main(out_dir, num_workers, num_shards, steps, settings):
       arrays[f"{setting}/{key}"] = value
     arrays[f"{setting}/devices"] = _devices(variables, optimizer)
     _checkpoint(variables, optimizer).write(
-        os.path.join(out_dir, f"ckpt_{setting}"))
-    if num_shards > 1 and num_workers == 1:
+        os.path.join(out_dir, dm.checkpoint_name(setting)))
+    if (num_shards > 1 and num_workers == 1 and
+        dm.variable_kind(setting) == variable_kinds.TF):
       arrays.update(restore_checks(strategy, out_dir, setting, variables))
   np.savez(os.path.join(out_dir, "result.npz"), **arrays)
   del servers

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import tf_adadelta
 from tests import distributed_model as dm
+from tests import variable_kinds
 
 RTOL = 1e-5
 ATOL = 1e-10
@@ -77,9 +78,10 @@ def _distributed_batch(strategy=STRATEGY):
 
 
 def train_mirrored(optimizer_fn, steps=dm.STEPS, use_function=True,
-                   replica_step=dm.step, **apply_kwargs):
+                   replica_step=dm.step, kind=variable_kinds.TF,
+                   **apply_kwargs):
   with STRATEGY.scope():
-    variables = dm.make_variables()
+    variables = dm.make_variables(kind)
     optimizer = optimizer_fn()
   inputs = _distributed_batch()
 
@@ -104,7 +106,7 @@ def assert_state_close(actual, expected):
 
 def assert_replicas_agree(variables, optimizer):
   """Every copy of every mirrored variable and slot holds the same value."""
-  mirrored = list(variables) + [
+  mirrored = [dm.unwrap(v) for v in variables] + [
       optimizer.get_slot(v, n) for v in variables
       for n in optimizer.get_slot_names()] + [optimizer.iterations]
   for v in mirrored:
@@ -113,10 +115,12 @@ def assert_replicas_agree(variables, optimizer):
     np.testing.assert_array_equal(copies[0], copies[1], err_msg=v.name)
 
 
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
 @pytest.mark.parametrize("feature", sorted(FEATURES))
-def test_feature_equals_one_device(feature):
+def test_feature_equals_one_device(feature, kind):
+  """Keras variables under the strategy equal `tf.Variable`s on one device."""
   optimizer_fn = FEATURES[feature]
-  variables, optimizer = train_mirrored(optimizer_fn)
+  variables, optimizer = train_mirrored(optimizer_fn, kind=kind)
   expected = dm.state(*dm.train_one_device(optimizer_fn))
   assert_state_close(dm.state(variables, optimizer), expected)
   assert_replicas_agree(variables, optimizer)
@@ -289,17 +293,19 @@ def _checkpoint(variables, optimizer):
       optimizer=optimizer)
 
 
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
 @pytest.mark.parametrize("restore_under", ["one_device", "mirrored"])
-def test_checkpoint_from_mirrored_restores_elsewhere(restore_under, tmp_path):
+def test_checkpoint_from_mirrored_restores_elsewhere(restore_under, kind,
+                                                     tmp_path):
   """Saved under MirroredStrategy after 2 steps, restored, trained 2 more."""
   optimizer_fn = _adadelta(use_ema=True, gradient_accumulation_steps=2)
-  variables, optimizer = train_mirrored(optimizer_fn, steps=2)
+  variables, optimizer = train_mirrored(optimizer_fn, steps=2, kind=kind)
   path = _checkpoint(variables, optimizer).write(str(tmp_path / "ckpt"))
   scope = (STRATEGY.scope() if restore_under == "mirrored" else
            tf.distribute.get_strategy().scope())
   with scope:
-    restored_vars = [tf.Variable(tf.zeros_like(v)) for v in
-                     dm.initial_values().values()]
+    restored_vars = [variable_kinds.make(kind, tf.zeros_like(v), name)
+                     for name, v in dm.initial_values().items()]
     restored_opt = optimizer_fn()
   # Restored before the first step: the slots take the saved values when
   # they are created.
@@ -364,3 +370,51 @@ def test_whole_replica_step_compiles_with_xla():
     np.testing.assert_allclose(
         actual[key], expected[key], rtol=RTOL,
         atol=RTOL * np.max(np.abs(expected[key])), err_msg=key)
+
+
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_overwrite_with_gradient_takes_the_replicas_maximum(accumulation):
+  """A float8 scale variable becomes the elementwise max of the replicas' values.
+
+  Replica 0 gives [1, 5] and replica 1 gives [3, 2] on every step; with
+  accumulation the applying step assigns the maximum over both micro-steps.
+  The other variable is trained as usual and must equal one device.
+  """
+  with STRATEGY.scope():
+    scale = keras.Variable(np.zeros([2], np.float32), name="scale")
+    scale.overwrite_with_gradient = True
+    weight = keras.Variable(np.ones([2], np.float32), name="weight")
+    optimizer = tf_adadelta.Adadelta(
+        1.0, gradient_accumulation_steps=accumulation)
+  per_replica = tf.constant([[1.0, 5.0], [3.0, 2.0]])
+  growth = tf.constant([0.0, 4.0])
+
+  @tf.function
+  def step(shift):
+    def replica_fn():
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      value = tf.gather(per_replica, replica) + shift * growth
+      optimizer.apply_gradients([(value, scale), (value, weight)])
+    STRATEGY.run(replica_fn)
+
+  step(tf.constant(0.0))
+  if accumulation:
+    np.testing.assert_array_equal(scale.numpy(), [0.0, 0.0])
+    # The second micro-step's values are lower in the second element.
+    step(tf.constant(-1.0))
+  np.testing.assert_array_equal(scale.numpy(), [3.0, 5.0])
+  copies = STRATEGY.experimental_local_results(scale.value)
+  np.testing.assert_array_equal(copies[0].numpy(), copies[1].numpy())
+  # Its value is never a gradient to average: it has no Adadelta slots.
+  with pytest.raises(KeyError, match="accumulated_grad"):
+    optimizer.get_slot(scale, "accumulated_grad")
+  # The trained variable got the summed gradient, as on one device.
+  reference_weight = tf.Variable(np.ones([2], np.float32))
+  reference = tf_adadelta.Adadelta(1.0,
+                                   gradient_accumulation_steps=accumulation)
+  for shift in ([0.0, -1.0] if accumulation else [0.0]):
+    reference.apply_gradients(
+        [(tf.reduce_sum(per_replica, 0) + 2 * shift * growth,
+          reference_weight)])
+  np.testing.assert_allclose(weight.numpy(), reference_weight.numpy(),
+                             rtol=1e-6)

@@ -18,7 +18,9 @@ from tests import distributed_model as dm
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       "multiworker_worker.py")
-SETTINGS = sorted(dm.OPTIMIZER_SETTINGS)
+# Keras variables too, for the settings that take every decision at once.
+SETTINGS = sorted(dm.OPTIMIZER_SETTINGS) + [
+    dm.KERAS_PREFIX + "combined", dm.KERAS_PREFIX + "lazy"]
 TIMEOUT_S = 240
 
 
@@ -69,10 +71,10 @@ def test_two_workers_equal_one_device(cluster_output, setting):
                                    err_msg=f"worker {index}: {key}")
 
 
-@pytest.mark.parametrize("setting", ["combined"])
+@pytest.mark.parametrize("setting", ["combined", dm.KERAS_PREFIX + "combined"])
 def test_chief_checkpoint_restores_on_one_device(cluster_output, setting):
   actual = dm.restore_on_one_device(
-      os.path.join(cluster_output, f"ckpt_{setting}"), setting)
+      os.path.join(cluster_output, dm.checkpoint_name(setting)), setting)
   expected = _expected(setting)
   for key, value in expected.items():
     np.testing.assert_allclose(actual[key], value, rtol=1e-5, atol=1e-10,

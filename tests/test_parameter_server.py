@@ -22,10 +22,13 @@ TIMEOUT_S = 240
 # all its shards (the bias, split in two, has norm 5.4 > 2.5, and its halves'
 # norms differ, so clipping shard by shard would give other numbers).
 SHARDED_SETTINGS = sorted(dm.OPTIMIZER_SETTINGS)
+# Keras variables, which wrap a `ShardedVariable` under the partitioner.
+KERAS_SETTINGS = [dm.KERAS_PREFIX + "combined", dm.KERAS_PREFIX + "lazy"]
 # (workers, shards, steps, settings) per cluster.
 CLUSTERS = {
-    "one_worker": (1, 1, dm.STEPS, sorted(dm.OPTIMIZER_SETTINGS)),
-    "sharded": (1, 2, dm.STEPS, SHARDED_SETTINGS),
+    "one_worker": (1, 1, dm.STEPS,
+                   sorted(dm.OPTIMIZER_SETTINGS) + KERAS_SETTINGS),
+    "sharded": (1, 2, dm.STEPS, SHARDED_SETTINGS + KERAS_SETTINGS),
     "two_workers": (2, 2, 12, ["plain"]),
 }
 
@@ -68,12 +71,13 @@ def _assert_equals_one_device(arrays, setting):
                                atol=1e-10, err_msg=key)
 
 
-@pytest.mark.parametrize("setting", sorted(dm.OPTIMIZER_SETTINGS))
+@pytest.mark.parametrize("setting",
+                         sorted(dm.OPTIMIZER_SETTINGS) + KERAS_SETTINGS)
 def test_one_worker_equals_one_device(clusters, setting):
   _assert_equals_one_device(clusters["one_worker"][1], setting)
 
 
-@pytest.mark.parametrize("setting", SHARDED_SETTINGS)
+@pytest.mark.parametrize("setting", SHARDED_SETTINGS + KERAS_SETTINGS)
 def test_sharded_variables_equal_one_device(clusters, setting):
   _assert_equals_one_device(clusters["sharded"][1], setting)
 
@@ -104,7 +108,7 @@ def test_two_workers_train_and_the_loss_falls(clusters):
 
 
 @pytest.mark.parametrize("cluster", ["one_worker", "sharded"])
-@pytest.mark.parametrize("setting", ["combined"])
+@pytest.mark.parametrize("setting", ["combined", dm.KERAS_PREFIX + "combined"])
 def test_checkpoint_restores_on_one_device(clusters, cluster, setting):
   """Written by the coordinator (variables on parameter servers).
 
@@ -113,7 +117,7 @@ def test_checkpoint_restores_on_one_device(clusters, cluster, setting):
   """
   folder = clusters[cluster][0]
   actual = dm.restore_on_one_device(
-      os.path.join(folder, f"ckpt_{setting}"), setting)
+      os.path.join(folder, dm.checkpoint_name(setting)), setting)
   for key, value in _expected(setting).items():
     np.testing.assert_allclose(actual[key], value, rtol=1e-5, atol=1e-10,
                                err_msg=key)
