@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import tf_adadelta
 from tests import distributed_model as dm
+from tests import variable_kinds
 
 CONFIGS = {
     "plain": dict(learning_rate=0.8),
@@ -23,13 +24,18 @@ CONFIGS = {
 
 
 class Model(tf.Module):
-  """Two variables with the same name and shape, and a third one."""
+  """Two variables with the same name and shape, and a third one.
 
-  def __init__(self):
+  Args:
+    kind: `tf.Variable`s or Keras variables (`variable_kinds.KINDS`).
+  """
+
+  def __init__(self, kind=variable_kinds.TF):
     super().__init__()
-    self.first = tf.Variable([[0.5, -1.0], [2.0, 0.3]], name="kernel")
-    self.second = tf.Variable([[-0.7, 1.2], [0.1, 0.9]], name="kernel")
-    self.bias = tf.Variable([0.2, -0.4], name="bias")
+    self.first = variable_kinds.make(kind, [[0.5, -1.0], [2.0, 0.3]], "kernel")
+    self.second = variable_kinds.make(kind, [[-0.7, 1.2], [0.1, 0.9]],
+                                      "kernel")
+    self.bias = variable_kinds.make(kind, [0.2, -0.4], "bias")
 
   def ordered(self, reverse=False):
     variables = [self.first, self.second, self.bias]
@@ -61,11 +67,12 @@ def _state(model, optimizer):
   return values
 
 
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "function"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_resume_equals_uninterrupted(tmp_path, name, compiled):
+def test_resume_equals_uninterrupted(tmp_path, name, compiled, kind):
   before, after = 5, 4
-  model = Model()
+  model = Model(kind)
   optimizer = tf_adadelta.Adadelta(**CONFIGS[name])
   step = _step_fn(model, optimizer, reverse=False, compiled=compiled)
   for i in range(before):
@@ -79,7 +86,7 @@ def test_resume_equals_uninterrupted(tmp_path, name, compiled):
     step(tf.constant(i))
   expected = _state(model, optimizer)
 
-  resumed_model = Model()
+  resumed_model = Model(kind)
   resumed = tf_adadelta.Adadelta(**CONFIGS[name])
   status = tf.train.Checkpoint(model=resumed_model, optimizer=resumed).restore(
       manager.latest_checkpoint)
@@ -99,8 +106,9 @@ def test_resume_equals_uninterrupted(tmp_path, name, compiled):
   assert resumed.learning_rate.numpy() == pytest.approx(0.55)
 
 
-def test_restore_into_built_optimizer_matches_by_identity(tmp_path):
-  model = Model()
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
+def test_restore_into_built_optimizer_matches_by_identity(tmp_path, kind):
+  model = Model(kind)
   optimizer = tf_adadelta.Adadelta(learning_rate=1.0)
   step = _step_fn(model, optimizer, reverse=False, compiled=False)
   for i in range(3):
@@ -110,7 +118,7 @@ def test_restore_into_built_optimizer_matches_by_identity(tmp_path):
   saved = _state(model, optimizer)
 
   # Built on the variables in the other order, then trained elsewhere.
-  other_model = Model()
+  other_model = Model(kind)
   other = tf_adadelta.Adadelta(learning_rate=1.0)
   other_step = _step_fn(other_model, other, reverse=True, compiled=False)
   for i in range(2):
@@ -122,8 +130,9 @@ def test_restore_into_built_optimizer_matches_by_identity(tmp_path):
   assert other.iterations.numpy() == 3
 
 
-def test_checkpoint_records_slots_as_slot_references(tmp_path):
-  model = Model()
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
+def test_checkpoint_records_slots_as_slot_references(tmp_path, kind):
+  model = Model(kind)
   optimizer = tf_adadelta.Adadelta(use_ema=True)
   _step_fn(model, optimizer, reverse=False, compiled=False)(tf.constant(0))
   path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(

@@ -18,6 +18,7 @@ from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-direct
 from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-direct-tensorflow-import
 
 import tf_adadelta
+from tests import variable_kinds
 
 CONFIG = dict(learning_rate=0.9, gradient_accumulation_steps=2, use_ema=True,
               ema_momentum=0.8)
@@ -26,14 +27,17 @@ Y = np.array([[1.0, -1.0], [0.5, 2.0], [0.0, 1.0], [1.5, 0.5]], np.float32)
 
 
 class _Layer(tf.Module):
+  """Its variables are `tf.Variable`s or Keras variables (`kind`)."""
 
-  def __init__(self):
+  def __init__(self, kind=variable_kinds.TF):
     super().__init__()
-    self.first = tf.Variable(np.linspace(-1, 1, 6).reshape(3, 2), name="kernel",
-                             dtype=tf.float32)
-    self.second = tf.Variable(np.linspace(1, -0.5, 6).reshape(3, 2),
-                              name="kernel", dtype=tf.float32)
-    self.bias = tf.Variable([0.1, -0.2], name="bias")
+    self.first = variable_kinds.make(
+        kind, np.linspace(-1, 1, 6).reshape(3, 2).astype(np.float32), "kernel")
+    self.second = variable_kinds.make(
+        kind, np.linspace(1, -0.5, 6).reshape(3, 2).astype(np.float32),
+        "kernel")
+    self.bias = variable_kinds.make(kind, np.array([0.1, -0.2], np.float32),
+                                    "bias")
 
 
 class Trainer(tf.Module):
@@ -43,9 +47,9 @@ class Trainer(tf.Module):
   optimizer's exported slots, so a restore reaches the slots first.
   """
 
-  def __init__(self, deep=False, build_order=None):
+  def __init__(self, deep=False, build_order=None, kind=variable_kinds.TF):
     super().__init__()
-    layer = _Layer()
+    layer = _Layer(kind)
     if deep:
       self.net = tf.Module()
       self.net.block = tf.Module()
@@ -97,8 +101,8 @@ def _state(trainer):
                    optimizer.micro_iterations.numpy()]
 
 
-def _trained(steps, deep=False):
-  trainer = Trainer(deep=deep)
+def _trained(steps, deep=False, kind=variable_kinds.TF):
+  trainer = Trainer(deep=deep, kind=kind)
   for _ in range(steps):
     trainer.train_step(X, Y)
   return trainer
@@ -121,8 +125,9 @@ def _run_clean_python(code, cwd):
   return result
 
 
-def test_loads_without_the_library_and_continues_training(tmp_path):
-  trainer = _trained(3)
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
+def test_loads_without_the_library_and_continues_training(tmp_path, kind):
+  trainer = _trained(3, kind=kind)
   export_dir = tmp_path / "model"
   _export(trainer, export_dir)
   losses = [trainer.train_step(X, Y)["loss"].numpy() for _ in range(4)]
@@ -169,16 +174,17 @@ def _with_inputs(directory):
 @pytest.mark.parametrize("build_order", [None, (2, 1, 0)],
                          ids=["lazy_slots", "built_in_other_order"])
 @pytest.mark.parametrize("deep", [False, True], ids=["shallow", "deep"])
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
 def test_variables_checkpoint_restores_into_new_objects(tmp_path, deep,
-                                                        build_order):
-  trainer = _trained(3, deep=deep)
+                                                        build_order, kind):
+  trainer = _trained(3, deep=deep, kind=kind)
   export_dir = tmp_path / "model"
   _export(trainer, export_dir)
   for _ in range(3):
     trainer.train_step(X, Y)
   expected = _state(trainer)
 
-  fresh = Trainer(deep=deep, build_order=build_order)
+  fresh = Trainer(deep=deep, build_order=build_order, kind=kind)
   # `expect_partial`: the checkpoint's `save_counter` has no saved value.
   tf.train.Checkpoint(root=fresh).restore(
       os.path.join(str(export_dir), "variables", "variables")).expect_partial()
