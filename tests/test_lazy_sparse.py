@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import tf_adadelta
 from tests import keras_reference as ref
+from tests import variable_kinds
 
 ROWS, COLS = 12, 3
 # Per step: indices with duplicates; rows 0, 6, 9 and 11 are never touched.
@@ -67,8 +68,8 @@ def _reference_on_cpu(steps, lr, rho, epsilon, weight_decay, global_clipnorm,
 
 
 def _train_lazy(mode, steps, index_dtype=tf.int32, dtype=tf.float32,
-                **kwargs):
-  var = tf.Variable(tf.cast(_table(), dtype))
+                kind=variable_kinds.TF, **kwargs):
+  var = variable_kinds.make(kind, tf.cast(_table(), dtype), "table")
   optimizer = tf_adadelta.Adadelta(learning_rate=1.0, sparse_updates="lazy",
                                    **kwargs)
 
@@ -100,12 +101,13 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
 @pytest.mark.parametrize("mode", ref.MODES)
 @pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_matches_fused_sparse_kernel(config, mode):
+def test_matches_fused_sparse_kernel(config, mode, kind):
   kwargs = CONFIGS[config]
   steps = len(STEP_INDICES)
-  actual = _train_lazy(mode, steps, **kwargs)
+  actual = _train_lazy(mode, steps, kind=kind, **kwargs)
   _assert_matches(actual, _reference(steps, **kwargs))
   # Rows outside every gradient: untouched values, zero accumulators.
   table = _table()
