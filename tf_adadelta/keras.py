@@ -20,6 +20,7 @@ from tf_adadelta import learning_rate as lr_lib
 from tf_adadelta import slots as slots_lib
 from tf_adadelta import step as step_lib
 from tf_adadelta import validation
+from tf_adadelta import variables as variables_lib
 
 
 @keras.saving.register_keras_serializable(package="tf_adadelta",
@@ -110,7 +111,10 @@ class Adadelta(keras.optimizers.Optimizer):
     held = self._tf_adadelta
     if held.pending_values is not None:
       values, held.pending_values = held.pending_values, None
-      self._assign_saved(values)
+      # `fit` may build inside its traced step: assign once, now, rather
+      # than as ops of that step.
+      with tf.init_scope():
+        self._assign_saved(values)
 
   def apply(self, grads, trainable_variables=None):
     """Applies one step: `grads` in the order of `trainable_variables`.
@@ -247,7 +251,7 @@ class Adadelta(keras.optimizers.Optimizer):
 
   def _make_slot(self, variable, slot_name, initial_value, name):
     del name  # Keras variable names cannot hold "/".
-    prefix = variable.name.split(":")[0].replace("/", "_")
+    prefix = variables_lib.path(variable)
     # Keras calls initializers with `(shape, dtype)`; ours take no argument.
     return self.add_variable(
         tuple(variable.shape), initializer=lambda *_, **__: initial_value(),

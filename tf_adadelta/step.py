@@ -138,9 +138,7 @@ class Step:
   def __init__(self, hyper: Hyperparameters, state: StepState):
     self._hyper = hyper
     self._state = state
-    self._compiled_update = tf.function(
-        functools.partial(self._update_variable, compiled=True),
-        jit_compile=True, autograph=False)
+    self._compiled_updates = {}
 
   # --- Entry point ----------------------------------------------------------
 
@@ -297,6 +295,22 @@ class Step:
         hyper.weight_decay is not None or hyper.clipnorm is not None or
         hyper.clipvalue is not None or hyper.global_clipnorm is not None)
 
+  def _compiled_update(self, var, grad, applying):
+    """`_update_variable` compiled by XLA, one function per shape and kind.
+
+    Each function is traced once per setting; a single function traced for
+    every shape of a model would make TensorFlow warn of frequent retracing.
+    """
+    key = (tuple(var.shape), var.dtype, isinstance(grad, tf.IndexedSlices),
+           applying)
+    function = self._compiled_updates.get(key)
+    if function is None:
+      function = tf.function(
+          functools.partial(self._update_variable, compiled=True),
+          jit_compile=True, autograph=False)
+      self._compiled_updates[key] = function
+    return function
+
   # --- Per-variable work (inside `strategy.extended.update`) ----------------
 
   def _clip(self, grad, clip_scale):
@@ -408,7 +422,7 @@ class Step:
       for grad, var, constraint, var_clip_scale in zip(
           batch.grads, batch.variables, batch.constraints, clip_scale):
         slots = table.variables_of(var)
-        update_fn = (self._compiled_update
+        update_fn = (self._compiled_update(var, grad, applying)
                      if self._compiles_update(grad, applying)
                      else self._update_variable)
         if constraint is not None and applying is not False:

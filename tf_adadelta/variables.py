@@ -51,6 +51,18 @@ def display_name(variable) -> str:
   return getattr(unwrap(variable), "name", repr(variable))
 
 
+def path(variable) -> str:
+  """A name for `variable` without "/": its Keras path, else its TF name.
+
+  A Keras variable's path (`"dense/kernel"`) is the same for every instance
+  of a model; its `tf.Variable`'s name depends on the name scope it was
+  created in.
+  """
+  name = (variable.path if isinstance(variable, keras.Variable)
+          else unwrap(variable).name.split(":")[0])
+  return name.replace("/", "_")
+
+
 def constraint(variable) -> Optional[Callable]:
   """The projection applied after each update (Keras's or `tf.Variable`'s)."""
   found = getattr(variable, "constraint", None)
