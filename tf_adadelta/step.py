@@ -196,13 +196,21 @@ class Step:
     var_list = [validation.check_variable(v) for v in var_list]
     averages = [self._state.slots.get_variable(v, AVERAGE) for v in var_list]
 
-    def overwrite(strategy):
-      for var, average in zip(var_list, averages):
-        if average is not None:
-          distribution.update(strategy, var, lambda v, a: v.assign(a),
-                              average)
+    pairs = [(variables_lib.unwrap(var), variables_lib.unwrap(average))
+             for var, average in zip(var_list, averages) if average is not None]
 
-    distribution.in_cross_replica(overwrite)
+    def overwrite(strategy):
+      for var, average in pairs:
+        distribution.update(strategy, var, lambda v, a: v.assign(a), average)
+
+    if tf.distribute.in_cross_replica_context() or not tf.distribute.has_strategy():
+      # Outside a strategy's step (Keras's `fit` calls this after training,
+      # out of the strategy's scope): a distributed variable assigns all its
+      # copies itself.
+      for var, average in pairs:
+        var.assign(average)
+    else:
+      distribution.in_cross_replica(overwrite)
 
   # --- Decisions taken once per call -----------------------------------------
 
