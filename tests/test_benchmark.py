@@ -33,3 +33,19 @@ def test_quick_run_prints_a_row_per_contender():
   assert ("accumulation", "micro-step", "accumulator RMW") in seen
   for row in body:
     assert float(row[4]) > 0
+
+
+def test_fit_benchmark_quick_run_prints_both_contenders():
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark_fit.py"),
+       "--quick"],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [[cell.strip() for cell in line.strip("|").split("|")]
+          for line in result.stdout.splitlines() if line.startswith("| ")]
+  assert rows[0] == ["config", "contender", "ms/step", "vs keras"]
+  seen = {(row[0], row[1]) for row in rows[1:]}
+  assert seen == {(c, n) for c in ("plain", "featured")
+                  for n in ("keras", "tf_adadelta")}
+  for row in rows[1:]:
+    assert float(row[2]) > 0
