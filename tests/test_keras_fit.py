@@ -503,3 +503,25 @@ def test_mirrored_fit_equals_one_device_and_keras_does_not():
   assert result["clip/keras"]["max_difference"] > 1e-3
   # ...and its EMA overwrite fails under the strategy.
   assert "error" in result["featured/keras"]
+
+
+def test_tf_checkpoint_of_a_compiled_model_restores_deferred(tmp_path):
+  """`tf.train.Checkpoint` works with the Keras face, as with Keras's own."""
+  x, y = _data(48)
+  x2, y2 = _data(40, seed=1)
+  model = _model()
+  optimizer = tf_adadelta.keras.Adadelta(**STATEFUL)
+  _fit(model, optimizer, x, y, epochs=1)
+  path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(
+      str(tmp_path / "ckpt"))
+  _fit(model, optimizer, x2, y2, epochs=1)
+  expected = _state(model, optimizer)
+
+  resumed = _model(seed=9)
+  resumed_optimizer = tf_adadelta.keras.Adadelta(**STATEFUL)
+  status = tf.train.Checkpoint(model=resumed,
+                               optimizer=resumed_optimizer).restore(path)
+  assert not resumed_optimizer.built
+  _fit(resumed, resumed_optimizer, x2, y2, epochs=1)
+  status.assert_consumed()
+  _assert_states_equal(_state(resumed, resumed_optimizer), expected)

@@ -56,7 +56,7 @@ class Adadelta(keras.optimizers.Optimizer):
                ema_overwrite_frequency: Optional[int] = None,
                loss_scale_factor: Optional[float] = None,
                gradient_accumulation_steps: Optional[int] = None,
-               name: str = "adadelta",
+               name: Optional[str] = None,
                *,
                jit_compile: Optional[bool] = None,
                skip_nonfinite_steps: bool = False,
@@ -67,7 +67,9 @@ class Adadelta(keras.optimizers.Optimizer):
     for unused in ("self", "kwargs", "__class__"):
       args.pop(unused, None)
     # Checked before Keras sees them, so both faces raise the same errors.
-    arguments.check(args, kwargs)
+    # Without a name Keras names it as its own ("adadelta", "adadelta_1", ...).
+    arguments.check(dict(args, name="adadelta" if name is None else name),
+                    kwargs)
     if lr_lib.is_number(learning_rate):
       learning_rate = float(learning_rate)
     elif isinstance(learning_rate, tf.Variable):
@@ -98,6 +100,12 @@ class Adadelta(keras.optimizers.Optimizer):
             learning_rate=lambda: self.learning_rate,
             uses_weight_decay=exclusions.uses_weight_decay,
             create_slots=self._create_slots)))
+
+  def __dir__(self):
+    # TensorFlow's checkpointer takes an object listing `get_slot_names` for
+    # an OptimizerV2 with `tf.Variable` slots. These slots are Keras
+    # variables, checkpointed as Keras's optimizers' are: in `variables`.
+    return [n for n in super().__dir__() if n != "get_slot_names"]
 
   # --- Keras's protocol -----------------------------------------------------
 
