@@ -47,7 +47,8 @@ def train(train_step: StepFn, serve: StepFn, train_split: data.Split,
           test_split: data.Split, batch_size: int, seed: int, start_step: int,
           stop_step: int, writer: tf.summary.SummaryWriter,
           on_epoch_end: Optional[Callable[[int], None]] = None,
-          verbose: int = 1) -> Dict[str, List]:
+          verbose: int = 1,
+          history: Optional[Dict[str, List]] = None) -> Dict[str, List]:
   """Runs the global steps `start_step` to `stop_step - 1`.
 
   Args:
@@ -67,6 +68,9 @@ def train(train_step: StepFn, serve: StepFn, train_split: data.Split,
       example to save a checkpoint).
     verbose: 1 shows a progress bar (one line per epoch when the output is
       not a terminal), 0 is silent.
+    history: If given, a dict with empty lists "losses" and "epochs" that
+      the records are appended to as they come (so `on_epoch_end` can save
+      them), and that is returned.
 
   Returns:
     A dict: "losses" (per step, before its update, in order), "epochs"
@@ -78,7 +82,8 @@ def train(train_step: StepFn, serve: StepFn, train_split: data.Split,
       `start_step`.
   """
   per_epoch = data.steps_per_epoch(len(train_split.labels), batch_size)
-  history = {"losses": [], "epochs": []}
+  if history is None:
+    history = {"losses": [], "epochs": []}
   progbar, epoch_losses = None, []
   for step, features, labels in data.batches(train_split, batch_size, seed,
                                              start_step, stop_step):

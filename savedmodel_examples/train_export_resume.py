@@ -8,7 +8,14 @@ r"""Trains with `tf_adadelta.Adadelta`, exports a SavedModel, resumes from it.
 2. Trains an MLP with `tf_adadelta.Adadelta` in an XLA-compiled custom loop,
    with a progress bar, TensorBoard summaries in `<output_dir>/tensorboard`
    and a checkpoint per epoch in `<output_dir>/checkpoints` (a rerun with the
-   same output directory continues from the latest checkpoint).
+   same output directory continues from the latest checkpoint). If the
+   newest checkpoint is damaged (a truncated or corrupted `.data` or
+   `.index` file, a damaged or missing `checkpoint` index file), the rerun
+   logs which file and why, moves the unusable files to
+   `checkpoints/damaged-<time>/` and continues from the newest checkpoint
+   that restores, with the numbers of an uninterrupted run. If none
+   restores it stops with an error, or starts over with
+   `--restart_on_damaged_checkpoints`.
 3. Exports `<output_dir>/saved_model`: the model and the optimizer's state,
    with the signatures `train_step` and `serving_default`.
 4. Runs itself again in a fresh process with `--resume_from`; that process
@@ -17,8 +24,13 @@ r"""Trains with `tf_adadelta.Adadelta`, exports a SavedModel, resumes from it.
 5. Takes the same first steps on the original trainer in this process and
    checks that the losses agree, then prints the final test accuracy.
 
-Metrics of both runs are written to `<output_dir>/train_metrics.json` and
-`<output_dir>/resume_metrics.json`.
+Metrics of both runs are written (atomically) to
+`<output_dir>/train_metrics.json` and `<output_dir>/resume_metrics.json`.
+`train_metrics.json` is rewritten after every epoch and keeps the records of
+earlier (interrupted) runs in the same output directory: one per epoch, an
+epoch redone after a fall-back replacing the lost one, and a "runs" entry
+per run saying what it restored. `--resume_in_fresh_process=false` stops
+after the export.
 """
 
 import json
@@ -44,6 +56,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from savedmodel_examples import data  # pylint: disable=g-import-not-at-top
 from savedmodel_examples import loop  # pylint: disable=g-import-not-at-top
+from savedmodel_examples import recovery  # pylint: disable=g-import-not-at-top
 from savedmodel_examples import resume  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -80,6 +93,13 @@ flags.DEFINE_string("resume_from", None,
                     "--resume_epochs more epochs (this process does not "
                     "import tf_adadelta).")
 flags.DEFINE_integer("verbose", 1, "1: progress bars, 0: quiet.")
+flags.DEFINE_bool("restart_on_damaged_checkpoints", False,
+                  "If <output_dir>/checkpoints holds checkpoints but none "
+                  "restores (all damaged), move them aside and train from "
+                  "the start; without it the program stops with an error.")
+flags.DEFINE_bool("resume_in_fresh_process", True,
+                  "After the export, resume from the SavedModel in a fresh "
+                  "process and compare (false: stop after the export).")
 
 TRAIN_METRICS = "train_metrics.json"
 RESUME_METRICS = "resume_metrics.json"
@@ -97,13 +117,17 @@ def _load_splits():
   return train_split, test_split
 
 
+def _path(name):
+  return os.path.join(FLAGS.output_dir, name)
+
+
 def _write_json(name, value):
-  with open(os.path.join(FLAGS.output_dir, name), "w") as f:
-    json.dump(value, f, indent=1)
+  # Atomically: a kill never leaves a half-written file.
+  recovery.write_json(_path(name), value)
 
 
 def _read_json(name):
-  with open(os.path.join(FLAGS.output_dir, name)) as f:
+  with open(_path(name)) as f:
     return json.load(f)
 
 
@@ -143,42 +167,71 @@ def _optional(value):
   return value if value else None
 
 
-def run_train(train_split, test_split):
-  """Trains, checkpoints, exports, resumes elsewhere and compares."""
+def _restore_trainer(train_split):
+  """A trainer restored from the newest usable checkpoint, or a new one."""
   # Only the training process uses the optimizer's Python code.
   from savedmodel_examples import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
-  trainer = trainer_lib.Trainer(
-      input_dim=train_split.features.shape[1],
-      num_classes=train_split.num_classes,
-      hidden_units=[int(units) for units in FLAGS.hidden_units],
-      learning_rate=FLAGS.learning_rate,
-      weight_decay=_optional(FLAGS.weight_decay),
-      global_clipnorm=_optional(FLAGS.global_clipnorm),
-      seed=FLAGS.seed)
-  checkpoint = tf.train.Checkpoint(trainer=trainer)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(FLAGS.output_dir, "checkpoints"),
-      max_to_keep=3)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-    print(f"Restored {manager.latest_checkpoint} (optimizer step "
-          f"{int(trainer.optimizer.iterations)}).")
+  def make_checkpoint():
+    # New objects per try: a checkpoint that fails halfway leaves nothing.
+    return tf.train.Checkpoint(trainer=trainer_lib.Trainer(
+        input_dim=train_split.features.shape[1],
+        num_classes=train_split.num_classes,
+        hidden_units=[int(units) for units in FLAGS.hidden_units],
+        learning_rate=FLAGS.learning_rate,
+        weight_decay=_optional(FLAGS.weight_decay),
+        global_clipnorm=_optional(FLAGS.global_clipnorm),
+        seed=FLAGS.seed))
 
+  checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
+  recovered = recovery.restore_newest(
+      checkpoint_dir, make_checkpoint,
+      start_over=FLAGS.restart_on_damaged_checkpoints,
+      start_over_flag="restart_on_damaged_checkpoints")
+  trainer = recovered.checkpoint.trainer
+  # `restore_newest` has logged what was damaged and where it moved it.
+  if recovered.restored:
+    print(f"Restored {recovered.restored} (optimizer step "
+          f"{int(trainer.optimizer.iterations)}).")
+  elif recovered.started_over:
+    print("No checkpoint restores; starting over from step 0 "
+          "(--restart_on_damaged_checkpoints).")
+  manager = tf.train.CheckpointManager(recovered.checkpoint, checkpoint_dir,
+                                       max_to_keep=3)
+  return trainer, recovered, manager
+
+
+def run_train(train_split, test_split):
+  """Trains, checkpoints, exports, resumes elsewhere and compares."""
+  trainer, recovered, manager = _restore_trainer(train_split)
   per_epoch = data.steps_per_epoch(len(train_split.labels), FLAGS.batch_size)
   start = int(trainer.optimizer.iterations)
   stop = max(start, FLAGS.epochs * per_epoch)
   print(f"Training on {len(train_split.labels)} examples of "
         f"'{FLAGS.dataset}' ({train_split.features.shape[1]} features, "
         f"{per_epoch} steps per epoch) from step {start} to {stop}.")
+  # The records of earlier runs up to `start` stay; later ones are redone.
+  previous = recovery.read_json(_path(TRAIN_METRICS))
+  runs = list((previous or {}).get("runs", [])) + [
+      dict(start_iterations=start, **recovered.summary())]
+  history = {"losses": [], "epochs": []}
+
+  def metrics(**extra):
+    return {**recovery.merge_history(previous, start, history), "runs": runs,
+            **extra}
+
+  def on_epoch_end(step):
+    # The metrics first: the records always cover the newest checkpoint.
+    _write_json(TRAIN_METRICS, metrics())
+    manager.save(checkpoint_number=step)
+
   writer = tf.summary.create_file_writer(
       os.path.join(FLAGS.output_dir, "tensorboard", "train"))
   try:
-    history = loop.train(
+    loop.train(
         trainer.train_step, trainer.serve, train_split, test_split,
         FLAGS.batch_size, FLAGS.seed, start, stop, writer,
-        on_epoch_end=lambda step: manager.save(checkpoint_number=step),
-        verbose=FLAGS.verbose)
+        on_epoch_end=on_epoch_end, verbose=FLAGS.verbose, history=history)
   finally:
     writer.close()
   exported_step = int(trainer.optimizer.iterations)
@@ -191,15 +244,16 @@ def run_train(train_split, test_split):
   print(f"Exported {saved_model_dir} at optimizer step {exported_step} "
         f"(test accuracy {test['accuracy']:.4f}), signatures "
         f"{sorted(trainer.signatures())}.")
-  _write_json(TRAIN_METRICS, {
-      "losses": history["losses"],
-      "epochs": history["epochs"],
-      "exported_iterations": exported_step,
-      "checkpoint": manager.latest_checkpoint,
-      "test_loss": test["loss"],
-      "test_accuracy": test["accuracy"],
-  })
+  _write_json(TRAIN_METRICS, metrics(
+      exported_iterations=exported_step,
+      checkpoint=manager.latest_checkpoint,
+      test_loss=test["loss"],
+      test_accuracy=test["accuracy"]))
 
+  if not FLAGS.resume_in_fresh_process:
+    print(f"Final test accuracy: {test['accuracy']:.4f} (after "
+          f"{exported_step} optimizer steps; no fresh-process resume).")
+    return
   resumed = _resume_in_fresh_process(saved_model_dir)
   verify = min(FLAGS.verify_steps, len(resumed["losses"]))
   if verify:
@@ -232,8 +286,11 @@ def main(argv):
   train_split, test_split = _load_splits()
   if FLAGS.resume_from:
     run_resume(train_split, test_split)
-  else:
+    return
+  try:
     run_train(train_split, test_split)
+  except recovery.NoUsableCheckpointError as e:
+    sys.exit(f"Error: {e}")
 
 
 if __name__ == "__main__":
