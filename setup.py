@@ -30,6 +30,11 @@ setuptools.setup(
         # 1.21's generated code needs protobuf >= 6, which TensorFlow <= 2.19
         # does not allow; tensorflow-datasets then fails to import its `core`.
         "tensorflow-metadata<1.21",
+        # tensorflow-metadata's dependency; from 1.75.1 it needs protobuf >=
+        # 6.33.5, and pip, which ignores the installed TensorFlow's pins, would
+        # upgrade protobuf past what TensorFlow <= 2.19 allows. 1.75.0 accepts
+        # protobuf 4.25.8 to 7 (TensorFlow 2.16 to 2.21).
+        "googleapis-common-protos<1.75.1",
         "numpy",
         "absl-py",
         # tensorflow-datasets imports it when preparing a dataset but declares
