@@ -24,6 +24,20 @@ def snapshot(optimizer, variables=(), exclude=()):
           if id(v) not in excluded]
 
 
+def model_state(model, optimizer):
+  """`iterations`, each trainable variable of `model` and each of its slots.
+
+  Keys are positions ("var/<i>", "slot/<i>/<slot name>"), so the states of
+  two copies of a model compare key by key.
+  """
+  out = {"iterations": np.asarray(optimizer.iterations.numpy())}
+  for i, variable in enumerate(model.trainable_variables):
+    out[f"var/{i}"] = variable.numpy()
+    for name in optimizer.get_slot_names():
+      out[f"slot/{i}/{name}"] = optimizer.get_slot(variable, name).numpy()
+  return out
+
+
 def assert_unchanged(before, optimizer, variables=(), exclude=()):
   """Asserts that the state is byte-for-byte what `snapshot` recorded."""
   after = snapshot(optimizer, variables, exclude)

@@ -17,6 +17,8 @@ import tensorflow as tf
 
 import tf_adadelta
 from tests import keras_reference as ref
+from tests import state_snapshot
+from tests import variable_kinds as vk
 
 RTOL = 2e-5
 ATOL = 1e-6
@@ -40,17 +42,11 @@ SLOTS = {"accumulated_grad": "_accumulated_grads",
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_state = state_snapshot.model_state
+
+
 def _model(seed=3):
-  keras.utils.set_random_seed(seed)
-  return keras.Sequential([
-      keras.Input((4,)),
-      # Starts inside its constraint: Keras also projects on accumulation
-      # micro-steps, which change nothing here (see the README).
-      keras.layers.Dense(
-          6, activation="tanh", kernel_constraint=keras.constraints.NonNeg(),
-          kernel_initializer=keras.initializers.RandomUniform(0.0, 0.6)),
-      keras.layers.Dense(2, bias_constraint=keras.constraints.MaxNorm(0.05)),
-  ])
+  return vk.constrained_model(seed, units=6)
 
 
 def _data(examples=48, seed=0):
@@ -84,15 +80,6 @@ def _assert_same_state(model, optimizer, expected_model, expected_optimizer,
       np.testing.assert_allclose(optimizer.get_slot(variable, name).numpy(),
                                  expected, rtol=rtol, atol=atol,
                                  err_msg=f"{name} of {variable.path}")
-
-
-def _state(model, optimizer):
-  out = {"iterations": np.asarray(optimizer.iterations.numpy())}
-  for i, variable in enumerate(model.trainable_variables):
-    out[f"var/{i}"] = variable.numpy()
-    for name in optimizer.get_slot_names():
-      out[f"slot/{i}/{name}"] = optimizer.get_slot(variable, name).numpy()
-  return out
 
 
 def _assert_states_equal(actual, expected, rtol=1e-6, atol=1e-7):
@@ -317,20 +304,17 @@ _RESUME_IN_FRESH_PROCESS = r"""
 import sys
 import keras, numpy as np
 import tf_adadelta
+from tests import state_snapshot
 path, data, out = sys.argv[1:]
 model = keras.models.load_model(path)  # No custom_objects.
 optimizer = model.optimizer
 assert type(optimizer) is tf_adadelta.keras.Adadelta, type(optimizer)
 arrays = np.load(data)
-state = {"loaded/iterations": np.asarray(optimizer.iterations.numpy())}
+loaded_iterations = np.asarray(optimizer.iterations.numpy())
 model.fit(arrays["x"], arrays["y"], batch_size=8, epochs=1, shuffle=False,
           verbose=0)
-state["iterations"] = np.asarray(optimizer.iterations.numpy())
-for i, v in enumerate(model.trainable_variables):
-  state[f"var/{i}"] = v.numpy()
-  for name in optimizer.get_slot_names():
-    state[f"slot/{i}/{name}"] = optimizer.get_slot(v, name).numpy()
-np.savez(out, **state)
+state = state_snapshot.model_state(model, optimizer)
+np.savez(out, **state, **{"loaded/iterations": loaded_iterations})
 """
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import tf_adadelta
 from tests import keras_reference as ref
+from tests import state_snapshot
 from tests import variable_kinds as vk
 
 RTOL = 2e-5
@@ -32,17 +33,8 @@ CONFIGS = {
 }
 
 
-def _model(seed=3):
-  keras.utils.set_random_seed(seed)
-  return keras.Sequential([
-      keras.Input((4,)),
-      # Starts inside its constraint: Keras also projects on accumulation
-      # micro-steps, which change nothing here (see the README).
-      keras.layers.Dense(
-          5, activation="tanh", kernel_constraint=keras.constraints.NonNeg(),
-          kernel_initializer=keras.initializers.RandomUniform(0.0, 0.6)),
-      keras.layers.Dense(2, bias_constraint=keras.constraints.MaxNorm(0.05)),
-  ])
+_model = vk.constrained_model
+_state = state_snapshot.model_state
 
 
 def _data(steps=6):
@@ -311,15 +303,6 @@ def _step_fn(model, optimizer):
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
   return step
-
-
-def _state(model, optimizer):
-  out = {"iterations": optimizer.iterations.numpy()}
-  for i, v in enumerate(model.trainable_variables):
-    out[f"var/{i}"] = v.numpy()
-    for name in optimizer.get_slot_names():
-      out[f"slot/{i}/{name}"] = optimizer.get_slot(v, name).numpy()
-  return out
 
 
 @pytest.mark.parametrize("kind_of_restore", ["live", "deferred"])

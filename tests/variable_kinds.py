@@ -13,6 +13,23 @@ KERAS = "keras_variable"
 KINDS = [TF, KERAS]
 
 
+def constrained_model(seed: int = 3, units: int = 5) -> keras.Sequential:
+  """A small Keras model whose layers carry constraints, seeded.
+
+  Its kernel starts inside its constraint: Keras also projects on
+  accumulation micro-steps, which change nothing here (see the README).
+  """
+  keras.utils.set_random_seed(seed)
+  return keras.Sequential([
+      keras.Input((4,)),
+      keras.layers.Dense(
+          units, activation="tanh",
+          kernel_constraint=keras.constraints.NonNeg(),
+          kernel_initializer=keras.initializers.RandomUniform(0.0, 0.6)),
+      keras.layers.Dense(2, bias_constraint=keras.constraints.MaxNorm(0.05)),
+  ])
+
+
 def make(kind: str, value, name: str, constraint=None):
   """A trainable float variable of `kind` holding `value`."""
   if kind == TF:

@@ -203,7 +203,8 @@ class Step:
       for var, average in pairs:
         distribution.update(strategy, var, lambda v, a: v.assign(a), average)
 
-    if tf.distribute.in_cross_replica_context() or not tf.distribute.has_strategy():
+    if (tf.distribute.in_cross_replica_context() or
+        not tf.distribute.has_strategy()):
       # Outside a strategy's step (Keras's `fit` calls this after training,
       # out of the strategy's scope): a distributed variable assigns all its
       # copies itself.
