@@ -24,8 +24,10 @@ setuptools.setup(
     python_requires=">=3.9",
     install_requires=[
         # Keras 3 has no dependency on TensorFlow, so this never installs or
-        # changes one. The tests compare with keras.optimizers.Adadelta.
-        "keras>=3.0,<4",
+        # changes one. The tests compare with keras.optimizers.Adadelta and
+        # ran with Keras 3.15.1 (on TensorFlow 2.16.2 and 2.21.0), the oldest
+        # Keras declared until an older one is tested.
+        "keras>=3.15.1,<4",
         "tensorflow-datasets",
         # 1.21's generated code needs protobuf >= 6, which TensorFlow <= 2.19
         # does not allow; tensorflow-datasets then fails to import its `core`.

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 # ones are accepted: the upper bound of the tested range is in setup.py's
 # `tensorflow` extra, not enforced here.
 MIN_TENSORFLOW_VERSION = "2.16.0"
-MIN_KERAS_VERSION = "3.0.0"
+MIN_KERAS_VERSION = "3.15.1"
 
 _INSTALL_HINT = (
     "Install a TensorFlow distribution (for example `pip install "
