@@ -142,6 +142,10 @@ class Step:
 
   # --- Entry point ----------------------------------------------------------
 
+  # Not converted by AutoGraph: the step is written with explicit `tf.cond`s,
+  # and converting every function it calls, per call, is most of the time a
+  # user's `tf.function` would otherwise spend tracing it.
+  @tf.autograph.experimental.do_not_convert
   def apply_gradients(self, grads_and_vars,
                       skip_gradients_aggregation: Optional[bool] = None):
     """One step from `(gradient, variable)` pairs; see the faces' docstrings.
@@ -189,6 +193,7 @@ class Step:
         self._apply_or_skip, _Batch(grads, tf_vars, constraints, overwrite),
         lr, apply_now, clip_scale, finite, shape_checks)
 
+  @tf.autograph.experimental.do_not_convert
   def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
     """With `use_ema`, sets each variable to its moving average."""
     if not self._hyper.use_ema:
