@@ -64,10 +64,16 @@ def _shard_info(container, shard):
 
 
 def make_tf_variable(variable, slot_name: str, initial_value, name: str):
-  """The default `SlotFactory`: a plain non-trainable `tf.Variable`."""
+  """The default `SlotFactory`: a plain non-trainable `tf.Variable`.
+
+  Slots are created under `tf.init_scope`, initialized eagerly, so there is
+  nothing for `tf.function` to lift out of the trace; without lifting it also
+  does not trace the user's step a second time because variables appeared.
+  """
   del slot_name
   return tf.Variable(initial_value, name=name, dtype=variable.dtype,
-                     shape=variable.shape, trainable=False)
+                     shape=variable.shape, trainable=False,
+                     experimental_enable_variable_lifting=False)
 
 
 def _slot_name_prefix(variable) -> str:
