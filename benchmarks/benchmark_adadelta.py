@@ -22,6 +22,10 @@ Contenders:
                      `tf.raw_ops.ResourceSparseApplyAdadelta` (same semantics).
   memory reference   one `assign_add` over a flat buffer moving the same 28
                      bytes per parameter: what memory bandwidth allows.
+  ..., N device(s)   the `mirrored` workload: the step inside
+                     `strategy.run` of a `MirroredStrategy` over N logical
+                     CPUs (one process, so the devices share the cores; the
+                     figure is the cost of replication and all-reduce).
   accumulator RMW    `assign_add` of each gradient into a variable: the cost a
                      gradient-accumulation micro-step should match.
 
@@ -51,7 +55,9 @@ import tf_adadelta
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workloads", ["resnet50", "small", "large", "embedding"],
                   "Workloads to run: resnet50, small, large, embedding, "
-                  "embedding_0.1 (the table with a tenth of the rows).")
+                  "embedding_0.1 (the table with a tenth of the rows), "
+                  "mirrored (ResNet-50 under MirroredStrategy on 1 and 2 "
+                  "logical CPUs).")
 flags.DEFINE_list("configs", ["default", "featured", "accumulation",
                               "loss_scale"],
                   "Optimizer configurations to run.")
@@ -95,8 +101,9 @@ class Workload:
   """Shapes plus fixed gradients shared (read-only) by every contender."""
 
   def __init__(self, name: str, shapes: Sequence[Tuple[int, ...]],
-               sparse_rows: Optional[int] = None):
+               sparse_rows: Optional[int] = None, mirrored: bool = False):
     self.name = name
+    self.mirrored = mirrored
     self.shapes = list(shapes)
     self.params = sum(int(np.prod(s)) for s in self.shapes)
     rng = np.random.default_rng(0)
@@ -136,6 +143,8 @@ def make_workloads(names: Sequence[str], quick: bool) -> Dict[str, Callable]:
                                       sparse_rows=10),
         "embedding_0.1": lambda: Workload("(1000, 16), 0.1% rows",
                                           [(1000, 16)], sparse_rows=1),
+        "mirrored": lambda: Workload("mirrored (quick: 4 tensors)",
+                                     [(64, 64)] * 4, mirrored=True),
     }
   else:
     makers = {
@@ -148,6 +157,8 @@ def make_workloads(names: Sequence[str], quick: bool) -> Dict[str, Callable]:
         "embedding_0.1": lambda: Workload(
             "(1000000, 64), IndexedSlices 0.1% rows", [(1_000_000, 64)],
             sparse_rows=1_000),
+        "mirrored": lambda: Workload("ResNet-50, MirroredStrategy",
+                                     resnet50_shapes(), mirrored=True),
     }
   unknown = set(names) - set(makers)
   if unknown:
@@ -235,9 +246,40 @@ def accumulator_rmw(workload: Workload) -> Callable:
   return step
 
 
+def mirrored_step(workload: Workload, config: dict, devices: int,
+                  use_keras: bool) -> Callable:
+  """The step in `strategy.run` of a MirroredStrategy over `devices` CPUs."""
+  strategy = tf.distribute.MirroredStrategy(
+      [f"/cpu:{i}" for i in range(devices)])
+  with strategy.scope():
+    variables = _variables(workload, keras_variables=use_keras)
+    optimizer = (keras.optimizers.Adadelta(**config) if use_keras
+                 else tf_adadelta.Adadelta(**config))
+    optimizer.build(variables)
+
+  def replica_step(*grads):
+    # Gradients made on the replica's device, as a backward pass makes them
+    # (all-reduce needs to know where each one lives).
+    optimizer.apply([tf.identity(g) for g in grads], variables)
+
+  @tf.function(autograph=False)
+  def step(grads):
+    strategy.run(replica_step, args=tuple(grads))
+
+  return step
+
+
 def contenders_for(workload: Workload, config_name: str) -> List[Contender]:
   config = CONFIGS[config_name]
   out = []
+  if workload.mirrored:
+    for devices in (1, 2):
+      label = f"{devices} device" + ("s" if devices > 1 else "")
+      out.append(Contender(f"keras, {label}",
+                           mirrored_step(workload, config, devices, True)))
+      out.append(Contender(f"tf_adadelta, {label}",
+                           mirrored_step(workload, config, devices, False)))
+    return out
   if config_name == "default" and not workload.sparse:
     out.append(Contender("fused kernel", fused_kernel(workload)))
   # TensorFlow's sparse Adadelta kernel exists on the CPU only.
@@ -304,15 +346,19 @@ def report(workload: Workload, config_name: str,
              for c in contenders for phase, ts in c.times.items()}
   for phase in sorted({p for (_, p) in medians}):
     baseline_name = next(
-        (n for n in ("fused kernel", "keras") if (n, phase) in medians), None)
+        (n for n in ("fused kernel", "keras", "tf_adadelta, 1 device")
+         if (n, phase) in medians), None)
     if phase == "micro-step":
       baseline_name = "accumulator RMW"
-    keras_time = medians.get(("keras", phase))
     base_time = medians[(baseline_name, phase)]
     for c in contenders:
       if (c.name, phase) not in medians:
         continue
       t = medians[(c.name, phase)]
+      # Under a strategy, Keras on as many devices.
+      keras_name = ("keras" + c.name[len("tf_adadelta"):]
+                    if c.name.startswith("tf_adadelta,") else "keras")
+      keras_time = medians.get((keras_name, phase))
       gbps = workload.params * BYTES_PER_PARAM / t / 1e9
       rows.append([
           workload.name, config_name, phase, c.name, f"{t * 1e3:.2f}",
@@ -340,6 +386,11 @@ def main(argv):
   unknown = set(FLAGS.configs) - set(CONFIGS)
   if unknown:
     raise ValueError(f"Unknown configs: {sorted(unknown)}")
+  if "mirrored" in FLAGS.workloads:
+    # Before TensorFlow initializes its devices: two logical CPUs.
+    cpu, = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
   print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
         f"{os.cpu_count()} CPUs, devices: "
         f"{[d.device_type for d in tf.config.list_logical_devices()]}; "
@@ -350,6 +401,8 @@ def main(argv):
     workload = make()
     for config_name in FLAGS.configs:
       if workload.sparse and config_name != "default":
+        continue
+      if workload.mirrored and config_name not in ("default", "featured"):
         continue
       contenders = time_row(workload, config_name, rounds, warmup)
       print_rows(report(workload, config_name, contenders))

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_run_prints_a_row_per_contender():
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark_adadelta.py"),
-       "--quick", "--workloads=large,embedding",
+       "--quick", "--workloads=large,embedding,mirrored",
        "--configs=default,featured,accumulation"],
       capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -31,6 +31,9 @@ def test_quick_run_prints_a_row_per_contender():
   assert ("accumulation", "apply step", "tf_adadelta") in seen
   assert ("accumulation", "micro-step", "tf_adadelta") in seen
   assert ("accumulation", "micro-step", "accumulator RMW") in seen
+  for devices in ("1 device", "2 devices"):
+    for name in ("keras", "tf_adadelta"):
+      assert ("default", "step", f"{name}, {devices}") in seen
   for row in body:
     assert float(row[4]) > 0
 
