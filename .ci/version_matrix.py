@@ -162,6 +162,12 @@ class Environment:
     return {"import_error": f"could not read versions (exit {rc})"}
 
 
+def _is_git_checkout():
+  return subprocess.run(["git", "rev-parse", "--is-inside-work-tree"],
+                        cwd=REPO, capture_output=True, check=False,
+                        text=True).stdout.strip() == "true"
+
+
 def make_source_copy(work_dir, git_ref):
   """A copy of the tree to install and test, so checkout edits don't leak in."""
   source = os.path.join(work_dir, "source")
@@ -177,6 +183,12 @@ def make_source_copy(work_dir, git_ref):
     revision = subprocess.run(["git", "rev-parse", "--short", git_ref],
                               cwd=REPO, check=True, capture_output=True,
                               text=True).stdout.strip()
+  elif not _is_git_checkout():
+    # An exported tree (`git archive`, a release tarball): copy it as it is.
+    shutil.rmtree(source)
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        "__pycache__", ".pytest_cache", "*.egg-info", "build", ".venv*"))
+    revision = "(not a git checkout)"
   else:
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
