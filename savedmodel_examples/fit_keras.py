@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-import tf_adadelta  # pylint: disable=g-import-not-at-top,unused-import
+import tf_adadelta  # pylint: disable=g-import-not-at-top
 from savedmodel_examples import data  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
