@@ -6,7 +6,8 @@ r"""Trains with `model.fit` and `tf_adadelta.keras.Adadelta`, saves, resumes.
    under `<output_dir>/tensorflow_datasets`.
 2. Trains an MLP with `model.fit` and `tf_adadelta.keras.Adadelta` (weight
    decay, `global_clipnorm`), with `keras.callbacks.BackupAndRestore` in
-   `<output_dir>/backup` (a killed run, rerun, continues where it stopped).
+   `<output_dir>/backup` (a killed run, rerun, continues where it stopped,
+   from the previous backup if the newest is damaged).
 3. Saves `<output_dir>/model.keras`: the model and the optimizer's state.
 4. Runs itself again in a fresh process with `--resume_from`: that process
    imports `tf_adadelta` (which registers the optimizer for Keras), loads the
@@ -63,11 +64,18 @@ def _splits():
           data.load("uci_digits", data_dir, "test"))
 
 
-def _continue(model, train, test):
-  """Trains `--resume_epochs` more epochs; returns the losses and accuracy."""
+def _continue(model, train, test, first_epoch=0):
+  """Trains `--resume_epochs` more epochs; returns the losses and accuracy.
+
+  `first_epoch`: the index of the first of them. After `BackupAndRestore`
+  restored a run, Keras starts every later `fit` of that model at the epoch
+  it restored (whatever `initial_epoch` says), so a model continued in the
+  same process must count from there to train `--resume_epochs` epochs.
+  """
   history = model.fit(train.features, train.labels,
-                      batch_size=FLAGS.batch_size,
-                      epochs=FLAGS.resume_epochs, shuffle=False, verbose=0)
+                      batch_size=FLAGS.batch_size, initial_epoch=first_epoch,
+                      epochs=first_epoch + FLAGS.resume_epochs,
+                      shuffle=False, verbose=0)
   _, accuracy = model.evaluate(test.features, test.labels, verbose=0)
   return {"losses": [float(v) for v in history.history["loss"]],
           "test_accuracy": float(accuracy),
@@ -99,8 +107,9 @@ def main(argv):
           FLAGS.learning_rate, weight_decay=1e-4, global_clipnorm=1.0),
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=["accuracy"])
+  # Two backups: a run killed while writing one restores the other.
   backup = keras.callbacks.BackupAndRestore(
-      os.path.join(FLAGS.output_dir, "backup"))
+      os.path.join(FLAGS.output_dir, "backup"), double_checkpoint=True)
   history = model.fit(train.features, train.labels,
                       batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
                       shuffle=False, verbose=2, callbacks=[backup],
@@ -120,7 +129,10 @@ def main(argv):
   subprocess.run(argv, check=True)
   with open(resume_metrics) as f:
     resumed = json.load(f)
-  continued = _continue(model, train, test)
+  # The first epoch this process ran (after a restore, not 0); with none
+  # left to run after a restore, the last one.
+  first_epoch = history.epoch[0] if history.epoch else FLAGS.epochs
+  continued = _continue(model, train, test, first_epoch)
   np.testing.assert_allclose(resumed["losses"], continued["losses"],
                              rtol=RTOL)
   assert resumed["iterations"] == continued["iterations"]
