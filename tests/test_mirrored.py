@@ -418,3 +418,34 @@ def test_overwrite_with_gradient_takes_the_replicas_maximum(accumulation):
           reference_weight)])
   np.testing.assert_allclose(weight.numpy(), reference_weight.numpy(),
                              rtol=1e-6)
+
+
+# The Keras face in a custom loop: built by its first step, inside
+# `strategy.run` (Keras's own optimizer cannot build there).
+KERAS_FACE_SETTINGS = {
+    "plain": {},
+    "combined": {"gradient_accumulation_steps": 2,
+                 "global_clipnorm": CLIP["global_clipnorm"], "use_ema": True,
+                 "ema_momentum": 0.9, "ema_overwrite_frequency": 2,
+                 "weight_decay": 0.05},
+    "lazy_sparse": {"sparse_updates": "lazy", "weight_decay": 0.05,
+                    "global_clipnorm": CLIP["global_clipnorm"]},
+}
+
+
+@pytest.mark.parametrize("kind", variable_kinds.KINDS)
+@pytest.mark.parametrize("setting", sorted(KERAS_FACE_SETTINGS))
+def test_keras_face_built_inside_strategy_run_equals_one_device(setting, kind):
+  kwargs = dict(learning_rate=1.0, **KERAS_FACE_SETTINGS[setting])
+  variables, optimizer = train_mirrored(
+      lambda: tf_adadelta.keras.Adadelta(**kwargs), kind=kind)
+  assert optimizer.built
+  expected = dm.state(*dm.train_one_device(
+      lambda: tf_adadelta.Adadelta(**kwargs)))
+  assert_state_close(dm.state(variables, optimizer), expected)
+  for v in variables:
+    for name in optimizer.get_slot_names():
+      copies = STRATEGY.experimental_local_results(
+          dm.unwrap(optimizer.get_slot(v, name)))
+      assert len(copies) == 2
+      np.testing.assert_array_equal(copies[0].numpy(), copies[1].numpy())

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_adadelta import arguments
+from tf_adadelta import distribution
 from tf_adadelta import learning_rate as lr_lib
 from tf_adadelta import slots as slots_lib
 from tf_adadelta import step as step_lib
@@ -147,8 +148,7 @@ class Adadelta(keras.optimizers.Optimizer):
                        f"{len(trainable_variables)} variables; `grads` must "
                        "match `trainable_variables` one to one.")
     if not self.built:
-      with keras.name_scope(self.name, caller=self):
-        self.build(trainable_variables)
+      self._build_in_cross_replica(trainable_variables)
     with keras.name_scope(self.name, caller=self):
       self._tf_adadelta.step.apply_gradients(zip(grads, trainable_variables))
     return self._iterations
@@ -167,11 +167,18 @@ class Adadelta(keras.optimizers.Optimizer):
     """
     pairs = list(grads_and_vars)
     if not self.built:
-      with keras.name_scope(self.name, caller=self):
-        self.build([v for _, v in pairs])
+      self._build_in_cross_replica([v for _, v in pairs])
     with keras.name_scope(self.name, caller=self):
       self._tf_adadelta.step.apply_gradients(pairs, skip_gradients_aggregation)
     return self._iterations
+
+  def _build_in_cross_replica(self, variables):
+    """`build` from a step, also one inside `strategy.run` (a custom loop)."""
+    def build(_, variables):
+      with keras.name_scope(self.name, caller=self):
+        self.build(variables)
+
+    distribution.in_cross_replica(build, list(variables))
 
   def finalize_variable_values(self, var_list):
     """With `use_ema`, sets each variable to its moving average."""
