@@ -43,9 +43,14 @@ OPTIMIZER_SETTINGS = {
 KERAS_PREFIX = "keras:"
 
 
+# A setting named "keras_face:<name>" trains Keras variables with the Keras
+# face, `tf_adadelta.keras.Adadelta`, built by its first step.
+KERAS_FACE_PREFIX = "keras_face:"
+
+
 def variable_kind(setting: str) -> str:
   """The kind of variable (`variable_kinds.KINDS`) a setting trains."""
-  if setting.startswith(KERAS_PREFIX):
+  if setting.startswith((KERAS_PREFIX, KERAS_FACE_PREFIX)):
     return variable_kinds.KERAS
   return variable_kinds.TF
 
@@ -56,14 +61,18 @@ def checkpoint_name(setting: str) -> str:
 
 
 def make_optimizer(setting: str):
-  """A `tf_adadelta.Adadelta` with the named `OPTIMIZER_SETTINGS`."""
+  """The optimizer of a setting: the named `OPTIMIZER_SETTINGS`, either face."""
   import tf_adadelta  # pylint: disable=g-import-not-at-top
-  kwargs = dict(OPTIMIZER_SETTINGS[setting.removeprefix(KERAS_PREFIX)])
+  face = tf_adadelta.Adadelta
+  if setting.startswith(KERAS_FACE_PREFIX):
+    face = tf_adadelta.keras.Adadelta
+  name = setting.removeprefix(KERAS_PREFIX).removeprefix(KERAS_FACE_PREFIX)
+  kwargs = dict(OPTIMIZER_SETTINGS[name])
   learning_rate = 1.0
   if kwargs.pop("schedule", False):
     learning_rate = keras.optimizers.schedules.ExponentialDecay(
         1.0, decay_steps=1, decay_rate=0.5)
-  return tf_adadelta.Adadelta(learning_rate=learning_rate, **kwargs)
+  return face(learning_rate=learning_rate, **kwargs)
 
 
 def data(seed: int = 0):

@@ -167,8 +167,9 @@ def restore_checks(strategy, out_dir, setting, trained):
 def _devices(variables, optimizer):
   """Per variable or shard: its device, then its slots' devices."""
   return np.array([
-      [dm.unwrap(part).device] + [optimizer.get_slot(part, name).device
-                       for name in optimizer.get_slot_names()]
+      [dm.unwrap(part).device] +
+      [dm.unwrap(optimizer.get_slot(part, name)).device
+       for name in optimizer.get_slot_names()]
       for part in dm.trainable(variables)])
 
 

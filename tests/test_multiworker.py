@@ -20,7 +20,8 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       "multiworker_worker.py")
 # Keras variables too, for the settings that take every decision at once.
 SETTINGS = sorted(dm.OPTIMIZER_SETTINGS) + [
-    dm.KERAS_PREFIX + "combined", dm.KERAS_PREFIX + "lazy"]
+    dm.KERAS_PREFIX + "combined", dm.KERAS_PREFIX + "lazy",
+    dm.KERAS_FACE_PREFIX + "combined"]
 TIMEOUT_S = 240
 
 

@@ -23,7 +23,8 @@ TIMEOUT_S = 240
 # norms differ, so clipping shard by shard would give other numbers).
 SHARDED_SETTINGS = sorted(dm.OPTIMIZER_SETTINGS)
 # Keras variables, which wrap a `ShardedVariable` under the partitioner.
-KERAS_SETTINGS = [dm.KERAS_PREFIX + "combined", dm.KERAS_PREFIX + "lazy"]
+KERAS_SETTINGS = [dm.KERAS_PREFIX + "combined", dm.KERAS_PREFIX + "lazy",
+                  dm.KERAS_FACE_PREFIX + "combined"]
 # (workers, shards, steps, settings) per cluster.
 CLUSTERS = {
     "one_worker": (1, 1, dm.STEPS,
