@@ -9,7 +9,9 @@ reference. Tests that read Keras's private attributes use the public
 ("Differences from Keras").
 """
 
+import importlib
 import os
+import unittest
 import warnings
 
 import keras
@@ -328,3 +330,33 @@ def test_optimizer_auto_naming():
   assert tf_adadelta.keras.Adadelta(name="mine").name == "mine"
   # The module face's name is its `tf.Module` name, not uniquified.
   assert tf_adadelta.Adadelta().name == "adadelta"
+
+
+# Keras's `adadelta_test.py` itself, as installed with Keras, run unmodified
+# except that its `Adadelta` is the Keras face.
+_KERAS_ADADELTA_TEST = "keras.src.optimizers.adadelta_test"
+
+
+def _keras_adadelta_test_names():
+  try:
+    module = importlib.import_module(_KERAS_ADADELTA_TEST)
+  except ImportError:  # A Keras installed without its tests.
+    return []
+  return list(unittest.TestLoader().getTestCaseNames(module.AdadeltaTest))
+
+
+@pytest.mark.parametrize("test_name", _keras_adadelta_test_names())
+def test_keras_adadelta_test_file_passes_with_the_keras_face(monkeypatch,
+                                                             test_name):
+  module = importlib.import_module(_KERAS_ADADELTA_TEST)
+  monkeypatch.setattr(module, "Adadelta", tf_adadelta.keras.Adadelta)
+  result = unittest.TestResult()
+  module.AdadeltaTest(test_name).run(result)
+  assert result.testsRun == 1
+  assert result.wasSuccessful(), result.failures + result.errors
+
+
+def test_keras_adadelta_test_file_is_found():
+  # Keras's wheels ship their tests; if a release stops, the test above
+  # silently runs nothing, so say so.
+  assert len(_keras_adadelta_test_names()) >= 6
