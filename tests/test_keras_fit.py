@@ -167,6 +167,60 @@ def test_finalize_variable_values_and_weight_decay_exclusion_in_fit():
                                   ours.get_slot(variable, "average").numpy())
 
 
+@pytest.mark.parametrize("swap_on_epoch", [False, True])
+def test_swap_ema_weights_callback_matches_keras(swap_on_epoch):
+  """`keras.callbacks.SwapEMAWeights` evaluates on the averages, as Keras's.
+
+  The callback reads Keras's `_trainable_variables` and
+  `_model_variables_moving_average`: without them it raises ValueError.
+  """
+  x, y = _data()
+  config = dict(learning_rate=1.0, weight_decay=0.01, use_ema=True,
+                ema_momentum=0.9)
+  runs = []
+  for cls in (keras.optimizers.Adadelta, tf_adadelta.keras.Adadelta):
+    model = _model()
+    optimizer = cls(**config)
+    history = _fit(model, optimizer, x, y, epochs=3,
+                   validation_data=(x[:16], 2.0 * y[:16]),
+                   callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch)])
+    runs.append((model, optimizer, history.history))
+  (expected_model, keras_opt, expected), (model, ours, actual) = runs
+  _assert_same_state(model, ours, expected_model, keras_opt)
+  np.testing.assert_allclose(actual["val_loss"], expected["val_loss"],
+                             rtol=RTOL)
+
+
+def test_keras_slot_lists_match_keras():
+  """`_model_variables_moving_average`, `_accumulated_gradients` as Keras's."""
+  config = dict(learning_rate=1.0, use_ema=True, ema_momentum=0.9,
+                gradient_accumulation_steps=3)
+  keras_opt = keras.optimizers.Adadelta(**config)
+  ours = tf_adadelta.keras.Adadelta(**config)
+  with pytest.raises(AttributeError, match="not built"):
+    ours._model_variables_moving_average  # pylint: disable=pointless-statement
+  pairs = []
+  for optimizer in (keras_opt, ours):
+    variables = [keras.Variable([[1.0, 2.0], [3.0, 4.0]]),
+                 keras.Variable([0.5, -0.5])]
+    grads = [tf.constant([[1.0, 1.0], [1.0, -2.0]]), tf.constant([3.0, 1.0])]
+    for _ in range(4):  # One applying step, then one micro-step.
+      optimizer.apply_gradients(zip(grads, variables))
+    pairs.append((optimizer._model_variables_moving_average,
+                  optimizer._accumulated_gradients))
+  for expected, actual in zip(*pairs):
+    assert len(actual) == len(expected) == 2
+    for a, e in zip(actual, expected):
+      np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=RTOL, atol=ATOL)
+  np.testing.assert_array_equal(pairs[1][1][0].numpy(),
+                                [[1.0, 1.0], [1.0, -2.0]])
+  without_ema = tf_adadelta.keras.Adadelta(1.0)
+  without_ema.build([keras.Variable([1.0])])
+  assert not hasattr(without_ema, "_model_variables_moving_average")
+  with pytest.raises(AttributeError, match="gradient_accumulation_steps"):
+    without_ema._accumulated_gradients  # pylint: disable=pointless-statement
+
+
 @pytest.mark.parametrize("mode", ["function", "xla"])
 def test_schedule_and_config_round_trip_in_fit(mode):
   schedule = keras.optimizers.schedules.ExponentialDecay(1.0, 2, 0.5)

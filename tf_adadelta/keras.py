@@ -208,6 +208,33 @@ class Adadelta(keras.optimizers.Optimizer):
                      f"{self.get_slot_names()}.")
     return slot
 
+  # Keras's names for two slot lists, read by Keras's own code
+  # (`keras.callbacks.SwapEMAWeights`) and by code written for its optimizers.
+  # Both are aligned with `_trainable_variables` and exist once built.
+
+  @property
+  def _model_variables_moving_average(self):
+    return self._slot_list(step_lib.AVERAGE, "use_ema=True")
+
+  @property
+  def _accumulated_gradients(self):
+    return self._slot_list(step_lib.GRADIENT_ACCUMULATOR,
+                           "gradient_accumulation_steps")
+
+  def _slot_list(self, slot_name, option):
+    # AttributeError, so that `hasattr` (SwapEMAWeights's check) says no.
+    if not self.built:
+      raise AttributeError(f"Optimizer '{self.name}' is not built yet: its "
+                           f"'{slot_name}' slots do not exist.")
+    slots = [self._tf_adadelta.table.get(v, slot_name)
+             for v in self._trainable_variables]
+    if any(slot is None for slot in slots):
+      raise AttributeError(
+          f"Optimizer '{self.name}' has no '{slot_name}' slot for every "
+          f"variable: it needs {option}, and a variable with "
+          "`overwrite_with_gradient` has no moving average.")
+    return slots
+
   def get_config(self) -> Dict[str, Any]:
     """The constructor arguments (Keras's Adadelta config, plus four)."""
     return arguments.get_config(self, self._learning_rate)
