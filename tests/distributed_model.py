@@ -198,6 +198,7 @@ def state(variables, optimizer):
 
 
 @functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def mirrored_strategy() -> tf.distribute.MirroredStrategy:
   """The process's one MirroredStrategy over the two logical CPUs.
 

@@ -1,7 +1,8 @@
 """Keras 3's own optimizer tests, translated to both faces of this library.
 
-From `keras/src/optimizers/adadelta_test.py` and `optimizer_test.py` (Keras
-3.15): the same scenarios and golden numbers, run with `tf_adadelta.Adadelta`
+From `keras/src/optimizers/adadelta_test.py`, `optimizer_test.py` and
+`backend/tensorflow/optimizer_distribute_test.py` (Keras 3.15): the same
+scenarios and golden numbers, run with `tf_adadelta.Adadelta`
 and `tf_adadelta.keras.Adadelta`. Where Keras's test uses another optimizer
 (SGD, Adam) the scenario runs with `keras.optimizers.Adadelta` as the
 reference. Tests that read Keras's private attributes use the public
@@ -20,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adadelta
+from tests import distributed_model as dm
 
 FACES = {"module": tf_adadelta.Adadelta, "keras": tf_adadelta.keras.Adadelta}
 
@@ -330,6 +332,139 @@ def test_optimizer_auto_naming():
   assert tf_adadelta.keras.Adadelta(name="mine").name == "mine"
   # The module face's name is its `tf.Module` name, not uniquified.
   assert tf_adadelta.Adadelta().name == "adadelta"
+
+
+# --- backend/tensorflow/optimizer_distribute_test.py -------------------------
+# Keras's scenarios under MirroredStrategy on two logical CPUs, each replica
+# given the same gradient: the reference is Keras's Adadelta on one device
+# given the replicas' sum.
+
+
+def _one_device(scenario, grad_scale=2.0, **config):
+  return scenario(keras.optimizers.Adadelta(**config), grad_scale)
+
+
+def test_distribute_single_step(face):
+  def scenario(optimizer, grad_scale=1.0):
+    variable = tf.Variable([1.0, 2.0, 3.0, 4.0])
+    grads = tf.constant([1.0, 6.0, 7.0, 2.0]) * grad_scale
+    return variable, lambda: optimizer.apply_gradients([(grads, variable)])
+
+  strategy = dm.mirrored_strategy()
+  with strategy.scope():
+    variable, update = scenario(face(learning_rate=0.5))
+    strategy.run(update)
+  expected, update = _one_device(scenario, learning_rate=0.5)
+  update()
+  np.testing.assert_allclose(variable.numpy(), expected.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(variable.numpy(), [0.9993, 1.9993, 2.9993, 3.9993],
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_distribute_weight_decay_excluded_inside_strategy_run(face):
+  strategy = dm.mirrored_strategy()
+  with strategy.scope():
+    grads = tf.zeros(())
+    var1, var2, var3 = _var(2.0), _var(3.0, name="exclude"), _var(4.0)
+    optimizer_1 = face(learning_rate=1.0, weight_decay=0.004)
+    strategy.run(lambda: optimizer_1.apply_gradients(zip([grads], [var1])))
+    optimizer_2 = face(learning_rate=1.0, weight_decay=0.004)
+
+    def opt2_run():
+      optimizer_2.exclude_from_weight_decay(var_names=["exclude"])
+      optimizer_2.apply_gradients(zip([grads, grads], [var1, var2]))
+
+    strategy.run(opt2_run)
+    optimizer_3 = face(learning_rate=1.0, weight_decay=0.004)
+
+    def opt3_run():
+      optimizer_3.exclude_from_weight_decay(var_list=[var3])
+      optimizer_3.apply_gradients(zip([grads, grads], [var1, var3]))
+
+    strategy.run(opt3_run)
+  assert float(var1.numpy()) == pytest.approx(1.9760959, abs=1e-6)
+  assert float(var2.numpy()) == 3.0
+  assert float(var3.numpy()) == 4.0
+
+
+def _averages(optimizer, variable):
+  if isinstance(optimizer, keras.optimizers.Optimizer):
+    return optimizer._model_variables_moving_average[0].numpy()  # pylint: disable=protected-access
+  return optimizer.get_slot(variable, "average").numpy()
+
+
+def test_distribute_ema(face):
+  config = dict(learning_rate=1.0, use_ema=True, ema_momentum=0.9,
+                ema_overwrite_frequency=3)
+
+  def scenario(optimizer, grad_scale=1.0):
+    v = _var([[3.0, 4.0], [5.0, 6.0]])
+    grads = tf.ones((2, 2)) * grad_scale
+
+    def step(run):
+      run(lambda: optimizer.apply_gradients([(grads, v)]))
+      return v.numpy().copy(), _averages(optimizer, v)
+
+    return step
+
+  strategy = dm.mirrored_strategy()
+  with strategy.scope():
+    step = scenario(face(**config))
+    actual = [step(strategy.run) for _ in range(3)]
+  step = _one_device(scenario, **config)
+  expected = [step(lambda update: update()) for _ in range(3)]
+  np.testing.assert_allclose(actual, expected, rtol=1e-6)
+  # Keras's test: the third step overwrote the variable with its average.
+  np.testing.assert_array_equal(actual[2][0], actual[2][1])
+
+
+def _accumulator(optimizer, variable):
+  if isinstance(optimizer, keras.optimizers.Optimizer):
+    return optimizer._accumulated_gradients[0].numpy()  # pylint: disable=protected-access
+  return optimizer.get_slot(variable, "gradient_accumulator").numpy()
+
+
+def test_distribute_gradient_accumulation(face):
+  """Each replica accumulates its own gradient; the step applies their sum."""
+  config = dict(learning_rate=1.0, gradient_accumulation_steps=3)
+
+  def scenario(optimizer, grad_scale=1.0):
+    v = _var([[1.0, 2.0], [3.0, 4.0]])
+    grads = tf.constant([[1.0, 1.0], [2.0, 2.0]]) * grad_scale
+
+    def step(run):
+      run(lambda: optimizer.apply_gradients([(grads, v)]))
+      return (v.numpy().copy(), _accumulator(optimizer, v).copy(),
+              int(optimizer.iterations.numpy()))
+
+    return step
+
+  strategy = dm.mirrored_strategy()
+  with strategy.scope():
+    step = scenario(face(**config))
+    actual = [step(strategy.run) for _ in range(3)]
+  step = _one_device(scenario, **config)
+  expected = [step(lambda update: update()) for _ in range(3)]
+  # Keras's golden accumulators: one replica's share, not the sum.
+  golden = ([[1.0, 1.0], [2.0, 2.0]], [[2.0, 2.0], [4.0, 4.0]],
+            [[0.0, 0.0], [0.0, 0.0]])
+  for (v, accumulator, iterations), (e_v, e_accumulator, e_iterations), g in (
+      zip(actual, expected, golden)):
+    np.testing.assert_allclose(v, e_v, rtol=1e-6)
+    np.testing.assert_array_equal(accumulator, g)
+    np.testing.assert_array_equal(accumulator * 2.0, e_accumulator)
+    assert iterations == e_iterations
+  assert [iterations for _, _, iterations in actual] == [0, 0, 1]
+  assert not np.array_equal(actual[2][0], [[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_stateless_apply_is_not_supported():
+  optimizer = tf_adadelta.keras.Adadelta(learning_rate=0.5)
+  variables = [_var([1.0, 2.0, 3.0, 4.0])]
+  optimizer.build(variables)
+  with pytest.raises(ValueError, match="not supported"):
+    optimizer.stateless_apply(optimizer.variables,
+                              [np.array([1.0, 6.0, 7.0, 2.0])], variables)
 
 
 # Keras's `adadelta_test.py` itself, as installed with Keras, run unmodified
