@@ -47,7 +47,8 @@ class Trainer(tf.Module):
   optimizer's exported slots, so a restore reaches the slots first.
   """
 
-  def __init__(self, deep=False, build_order=None, kind=variable_kinds.TF):
+  def __init__(self, deep=False, build_order=None, kind=variable_kinds.TF,
+               face=tf_adadelta.Adadelta):
     super().__init__()
     layer = _Layer(kind)
     if deep:
@@ -59,7 +60,7 @@ class Trainer(tf.Module):
     # Not tracked here, so the variables' only paths are through the layer.
     object.__setattr__(self, "_variables",
                        (layer.first, layer.second, layer.bias))
-    self.optimizer = tf_adadelta.Adadelta(**CONFIG)
+    self.optimizer = face(**CONFIG)
     if build_order is not None:
       self.optimizer.build([self._variables[i] for i in build_order])
 
@@ -75,7 +76,7 @@ class Trainer(tf.Module):
       loss = tf.reduce_mean((prediction - y) ** 2)
     grads = tape.gradient(loss, self._variables)
     self.optimizer.apply_gradients(zip(grads, self._variables))
-    return {"loss": loss, "iterations": self.optimizer.iterations.read_value()}
+    return {"loss": loss, "iterations": tf.identity(self.optimizer.iterations)}
 
   @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
   def predict(self, x):
@@ -97,12 +98,16 @@ def _state(trainer):
   for var in trainer.model_variables():
     values += [optimizer.get_slot(var, name).numpy()
                for name in optimizer.get_slot_names()]
-  return values + [optimizer.iterations.numpy(),
-                   optimizer.micro_iterations.numpy()]
+  # The Keras face's raw call counter is Keras's `_iterations`.
+  calls = getattr(optimizer, "micro_iterations", None)
+  if calls is None:
+    calls = optimizer._iterations  # pylint: disable=protected-access
+  return values + [np.asarray(optimizer.iterations), calls.numpy()]
 
 
-def _trained(steps, deep=False, kind=variable_kinds.TF):
-  trainer = Trainer(deep=deep, kind=kind)
+def _trained(steps, deep=False, kind=variable_kinds.TF,
+             face=tf_adadelta.Adadelta):
+  trainer = Trainer(deep=deep, kind=kind, face=face)
   for _ in range(steps):
     trainer.train_step(X, Y)
   return trainer
@@ -125,9 +130,20 @@ def _run_clean_python(code, cwd):
   return result
 
 
-@pytest.mark.parametrize("kind", variable_kinds.KINDS)
-def test_loads_without_the_library_and_continues_training(tmp_path, kind):
-  trainer = _trained(3, kind=kind)
+# The Keras face in a custom loop: a tf.Module holding it exports and resumes
+# the same way (its state is Keras variables, tracked by position).
+SAVEDMODEL_CASES = {
+    "module_face-tf_variable": (tf_adadelta.Adadelta, variable_kinds.TF),
+    "module_face-keras_variable": (tf_adadelta.Adadelta, variable_kinds.KERAS),
+    "keras_face-keras_variable": (tf_adadelta.keras.Adadelta,
+                                  variable_kinds.KERAS),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAVEDMODEL_CASES))
+def test_loads_without_the_library_and_continues_training(tmp_path, case):
+  face, kind = SAVEDMODEL_CASES[case]
+  trainer = _trained(3, kind=kind, face=face)
   export_dir = tmp_path / "model"
   _export(trainer, export_dir)
   losses = [trainer.train_step(X, Y)["loss"].numpy() for _ in range(4)]
