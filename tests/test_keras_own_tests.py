@@ -344,6 +344,21 @@ def _one_device(scenario, grad_scale=2.0, **config):
   return scenario(keras.optimizers.Adadelta(**config), grad_scale)
 
 
+def _mirrored_and_one_device(face, scenario, config, steps=3):
+  """Runs `steps` steps of `scenario` both ways; returns what each step saw.
+
+  `scenario(optimizer, grad_scale)` returns `step(run)`, which applies one
+  update through `run` (`strategy.run`, or a plain call) and returns values.
+  """
+  strategy = dm.mirrored_strategy()
+  with strategy.scope():
+    step = scenario(face(**config))
+    actual = [step(strategy.run) for _ in range(steps)]
+  step = _one_device(scenario, **config)
+  expected = [step(lambda update: update()) for _ in range(steps)]
+  return actual, expected
+
+
 def test_distribute_single_step(face):
   def scenario(optimizer, grad_scale=1.0):
     variable = tf.Variable([1.0, 2.0, 3.0, 4.0])
@@ -407,12 +422,7 @@ def test_distribute_ema(face):
 
     return step
 
-  strategy = dm.mirrored_strategy()
-  with strategy.scope():
-    step = scenario(face(**config))
-    actual = [step(strategy.run) for _ in range(3)]
-  step = _one_device(scenario, **config)
-  expected = [step(lambda update: update()) for _ in range(3)]
+  actual, expected = _mirrored_and_one_device(face, scenario, config)
   np.testing.assert_allclose(actual, expected, rtol=1e-6)
   # Keras's test: the third step overwrote the variable with its average.
   np.testing.assert_array_equal(actual[2][0], actual[2][1])
@@ -439,12 +449,7 @@ def test_distribute_gradient_accumulation(face):
 
     return step
 
-  strategy = dm.mirrored_strategy()
-  with strategy.scope():
-    step = scenario(face(**config))
-    actual = [step(strategy.run) for _ in range(3)]
-  step = _one_device(scenario, **config)
-  expected = [step(lambda update: update()) for _ in range(3)]
+  actual, expected = _mirrored_and_one_device(face, scenario, config)
   # Keras's golden accumulators: one replica's share, not the sum.
   golden = ([[1.0, 1.0], [2.0, 2.0]], [[2.0, 2.0], [4.0, 4.0]],
             [[0.0, 0.0], [0.0, 0.0]])
