@@ -125,8 +125,8 @@ def _grads(step=0):
           tf.constant([[1.0, -1.0], [0.5, 0.0]]) * scale]
 
 
-def _optimizer(config, steps_taken, variables):
-  opt = tf_adadelta.Adadelta(**_OPTIMIZER_CONFIGS[config])
+def _optimizer(config, steps_taken, variables, face=tf_adadelta.Adadelta):
+  opt = face(**_OPTIMIZER_CONFIGS[config])
   for step in range(steps_taken):
     opt.apply_gradients(zip(_grads(step), variables))
   return opt
@@ -184,14 +184,19 @@ _BAD_CALLS = {
 }
 
 
+_FACES = {"module": tf_adadelta.Adadelta, "keras": tf_adadelta.keras.Adadelta}
+
+
 @pytest.mark.parametrize("mode", ["eager", "function"])
 @pytest.mark.parametrize("steps_taken", [0, 3])
 @pytest.mark.parametrize("config", sorted(_OPTIMIZER_CONFIGS))
 @pytest.mark.parametrize("case", sorted(_BAD_CALLS))
-def test_bad_call_raises_and_changes_nothing(case, config, steps_taken, mode):
+@pytest.mark.parametrize("face", sorted(_FACES))
+def test_bad_call_raises_and_changes_nothing(face, case, config, steps_taken,
+                                             mode):
   pairs_fn, error, text = _BAD_CALLS[case]
   variables = _model()
-  opt = _optimizer(config, steps_taken, variables)
+  opt = _optimizer(config, steps_taken, variables, _FACES[face])
   before = state_snapshot.snapshot(opt, variables + [_INT_VARIABLE])
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "all_none" also names the variables.
@@ -332,3 +337,39 @@ def test_sparse_rows_mismatch_found_only_when_run_changes_nothing():
   state_snapshot.assert_unchanged(before, opt, variables)
   step(tf.ones([1, 2]))
   assert opt.micro_iterations.numpy() == 3
+
+
+# --- Both faces: assigning the rate, variables after build -------------------
+
+
+@pytest.mark.parametrize("value,error", [("fast", TypeError),
+                                         (-0.5, ValueError),
+                                         (float("nan"), ValueError),
+                                         (None, TypeError)])
+@pytest.mark.parametrize("face", sorted(_FACES))
+def test_assigning_a_bad_learning_rate_raises_and_keeps_the_rate(face, value,
+                                                                 error):
+  opt = _FACES[face](learning_rate=0.5)
+  with pytest.raises(error, match="learning_rate"):
+    opt.learning_rate = value
+  assert float(np.asarray(opt.learning_rate)) == 0.5
+  opt.learning_rate = np.float32(0.25)  # As Keras's callbacks assign it.
+  assert float(np.asarray(opt.learning_rate)) == 0.25
+
+
+def test_keras_face_refuses_a_variable_it_was_not_built_with():
+  """As Keras's optimizers: its state is saved by position, in build order."""
+  variables = _model()
+  opt = _optimizer("all_state", 3, variables, tf_adadelta.keras.Adadelta)
+  late = tf.Variable([1.0, 1.0], name="late_w")
+  before = state_snapshot.snapshot(opt, variables + [late])
+  with pytest.raises(ValueError, match="Unknown variable 'late_w'"):
+    opt.apply_gradients(zip(_grads() + [tf.ones([2])], variables + [late]))
+  state_snapshot.assert_unchanged(before, opt, variables + [late])
+  # The module face takes new variables at any time, with Keras's numbers.
+  module_opt = _optimizer("plain", 3, variables)
+  module_opt.apply_gradients([(tf.ones([2]), late)])
+  expected = tf.Variable([1.0, 1.0])
+  keras.optimizers.Adadelta(learning_rate=1.0).apply_gradients(
+      [(tf.ones([2]), expected)])
+  np.testing.assert_allclose(late.numpy(), expected.numpy(), rtol=1e-6)

@@ -147,11 +147,7 @@ class Adadelta(keras.optimizers.Optimizer):
       raise ValueError(f"Received {len(grads)} gradients for "
                        f"{len(trainable_variables)} variables; `grads` must "
                        "match `trainable_variables` one to one.")
-    if not self.built:
-      self._build_in_cross_replica(trainable_variables)
-    with keras.name_scope(self.name, caller=self):
-      self._tf_adadelta.step.apply_gradients(zip(grads, trainable_variables))
-    return self._iterations
+    return self.apply_gradients(zip(grads, trainable_variables))
 
   def apply_gradients(self, grads_and_vars, *,
                       skip_gradients_aggregation: Optional[bool] = None):
@@ -167,6 +163,9 @@ class Adadelta(keras.optimizers.Optimizer):
     """
     pairs = list(grads_and_vars)
     if not self.built:
+      # Checked before building, so that a rejected first call creates
+      # nothing; built in the order given (the order of `variables`).
+      self._tf_adadelta.step.check(pairs)
       self._build_in_cross_replica([v for _, v in pairs])
     with keras.name_scope(self.name, caller=self):
       self._tf_adadelta.step.apply_gradients(pairs, skip_gradients_aggregation)
@@ -211,6 +210,18 @@ class Adadelta(keras.optimizers.Optimizer):
   # Keras's names for two slot lists, read by Keras's own code
   # (`keras.callbacks.SwapEMAWeights`) and by code written for its optimizers.
   # Both are aligned with `_trainable_variables` and exist once built.
+
+  @property
+  def learning_rate(self):
+    return super().learning_rate
+
+  @learning_rate.setter
+  def learning_rate(self, value):
+    # The checks of `tf_adadelta.Adadelta`; tensors and Keras variables go to
+    # Keras's setter as they are (it assigns them to the rate's variable).
+    if not (tf.is_tensor(value) or isinstance(value, keras.Variable)):
+      lr_lib.check(value)
+    keras.optimizers.Optimizer.learning_rate.fset(self, value)
 
   @property
   def _model_variables_moving_average(self):
@@ -286,6 +297,18 @@ class Adadelta(keras.optimizers.Optimizer):
 
   def _create_slots(self, variables):
     variables = [validation.check_variable(v) for v in variables]
+    if self.built:
+      # As Keras's optimizers: Keras files store this state by position, in
+      # the order of `build`, so a variable added later could not be told
+      # apart from another of its shape when the file is loaded.
+      unknown = [v for v in variables if not self._tf_adadelta.table.has(v)]
+      raise ValueError(
+          f"Unknown variable '{variables_lib.path(unknown[0])}': optimizer "
+          f"'{self.name}' was built with {len(self._trainable_variables)} "
+          "variables and updates only those (its state is saved by "
+          "position). For a new set of variables (for example after "
+          "unfreezing layers), create a new optimizer; "
+          "`tf_adadelta.Adadelta` takes new variables at any time.")
     for variable in variables:
       self._tf_adadelta.table.create(
           variable, step_lib.slot_names(self, variable),

@@ -155,12 +155,11 @@ class Step:
     `skip_nonfinite_steps` and a non-finite gradient, counted as skipped).
     """
     hyper, state = self._hyper, self._state
-    grads, user_vars, without_grads = validation.check_grads_and_vars(
+    grads, user_vars, without_grads, shape_checks = self._checked(
         grads_and_vars)
     if not user_vars:
       return
     tf_vars = [variables_lib.unwrap(v) for v in user_vars]
-    grads, shape_checks = validation.ensure_shapes(grads, tf_vars)
     # As Keras, variables without a gradient get slots too (EMA averages them,
     # and `finalize_variable_values` finds their average).
     new = [v for v in user_vars + without_grads if not state.slots.has(v)]
@@ -192,6 +191,26 @@ class Step:
     distribution.in_cross_replica(
         self._apply_or_skip, _Batch(grads, tf_vars, constraints, overwrite),
         lr, apply_now, clip_scale, finite, shape_checks)
+
+  def check(self, grads_and_vars) -> None:
+    """Runs the checks of `apply_gradients`, changing nothing.
+
+    For a face that builds its state before the first step: it checks first.
+
+    Raises:
+      ValueError, TypeError: As `apply_gradients` would.
+    """
+    self._checked(grads_and_vars)
+
+  @staticmethod
+  def _checked(grads_and_vars):
+    grads, user_vars, without_grads = validation.check_grads_and_vars(
+        grads_and_vars)
+    shape_checks = []
+    if user_vars:
+      grads, shape_checks = validation.ensure_shapes(
+          grads, [variables_lib.unwrap(v) for v in user_vars])
+    return grads, user_vars, without_grads, shape_checks
 
   @tf.autograph.experimental.do_not_convert
   def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
