@@ -3,6 +3,7 @@
 from typing import Any, Callable, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 LearningRate = Union[float, keras.optimizers.schedules.LearningRateSchedule,
@@ -17,13 +18,9 @@ def is_number(value) -> bool:
   """True for Python and NumPy real scalars (bools excluded)."""
   if isinstance(value, bool):
     return False
-  try:
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    if isinstance(value, np.ndarray):
-      return value.ndim == 0 and np.issubdtype(value.dtype, np.number)
-    return isinstance(value, (int, float, np.integer, np.floating))
-  except ImportError:
-    return isinstance(value, (int, float))
+  if isinstance(value, np.ndarray):
+    return value.ndim == 0 and np.issubdtype(value.dtype, np.number)
+  return isinstance(value, (int, float, np.integer, np.floating))
 
 
 def check(value) -> None:
