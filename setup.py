@@ -17,7 +17,7 @@ TENSORFLOW_RANGE = ">=2.16,<2.22"
 
 setuptools.setup(
     name="tf_adadelta",
-    version="0.1.0",
+    version="0.2.0.dev0",
     description=("Keras's Adadelta as a tf.Module: exact, fast, and correct "
                  "under tf.distribute and SavedModel."),
     packages=setuptools.find_packages(include=["tf_adadelta", "tf_adadelta.*"]),

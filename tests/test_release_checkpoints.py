@@ -4,20 +4,26 @@ Each `tests/fixtures/checkpoint_<version>/` was written by that release with
 `tests/fixtures/write_checkpoint_fixture.py`: a checkpoint taken mid-way
 through gradient accumulation, with EMA, and the state that release reached
 a few calls later. Object and slot names in checkpoints are a public format;
-a fixture per release keeps them so.
+a fixture per release keeps them so. Each `tests/fixtures/keras_face_<version>/`
+(`write_keras_face_fixture.py`) does the same for the Keras face's `.keras`
+file and `tf.train.Checkpoint`, whose optimizer variables are positional.
 """
 
 import glob
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.fixtures import write_checkpoint_fixture as fixture
+from tests.fixtures import write_keras_face_fixture as keras_fixture
 
-FIXTURES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures",
-                                         "checkpoint_*")))
+_FIXTURES_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = sorted(glob.glob(os.path.join(_FIXTURES_DIR, "checkpoint_*")))
+KERAS_FACE_FIXTURES = sorted(glob.glob(os.path.join(_FIXTURES_DIR,
+                                                    "keras_face_*")))
 
 
 def _assert_state(actual, expected):
@@ -53,3 +59,34 @@ def test_release_checkpoint_restores_and_continues(path, when):
                 range(start, start + fixture.CALLS_AFTER_SAVE))
   status.assert_consumed()
   _assert_state(fixture.state(model, optimizer), expected)
+
+
+def test_a_fixture_exists_for_the_keras_face():
+  assert KERAS_FACE_FIXTURES
+
+
+def _continue_keras_face(model):
+  start = keras_fixture.CALLS_BEFORE_SAVE
+  keras_fixture.train(model, range(start,
+                                   start + keras_fixture.CALLS_AFTER_SAVE))
+  return keras_fixture.state(model)
+
+
+@pytest.mark.parametrize("path", KERAS_FACE_FIXTURES, ids=os.path.basename)
+def test_keras_face_file_loads_and_continues(path):
+  saved = dict(np.load(os.path.join(path, "saved.npz")))
+  expected = dict(np.load(os.path.join(path, "expected.npz")))
+  model = keras.models.load_model(os.path.join(path, "model.keras"))
+  _assert_state(keras_fixture.state(model), saved)
+  _assert_state(_continue_keras_face(model), expected)
+
+
+@pytest.mark.parametrize("path", KERAS_FACE_FIXTURES, ids=os.path.basename)
+def test_keras_face_checkpoint_restores_deferred_and_continues(path):
+  expected = dict(np.load(os.path.join(path, "expected.npz")))
+  model = keras_fixture.make_model()
+  status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
+      os.path.join(path, "ckpt"))
+  assert not model.optimizer.built  # Restored into the first step's slots.
+  _assert_state(_continue_keras_face(model), expected)
+  status.assert_consumed()

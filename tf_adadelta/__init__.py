@@ -10,4 +10,4 @@ from tf_adadelta import keras
 from tf_adadelta.optimizer import Adadelta
 
 __all__ = ["Adadelta", "keras"]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
