@@ -1,6 +1,8 @@
-"""`Adadelta.from_keras`: a run started with Keras goes on with the same numbers.
+"""`from_keras`: a run started with Keras goes on with the same numbers.
 
-Reference: `keras.optimizers.Adadelta` itself, run for all N + M steps.
+Both faces, `tf_adadelta.Adadelta.from_keras` and
+`tf_adadelta.keras.Adadelta.from_keras` (in `fit` too). Reference:
+`keras.optimizers.Adadelta` itself, run for all N + M steps.
 """
 
 import keras
@@ -11,6 +13,7 @@ import tensorflow as tf
 import tf_adadelta
 
 SHAPES = [(3,), (2, 4), (), (3,)]
+FACES = {"module": tf_adadelta.Adadelta, "keras": tf_adadelta.keras.Adadelta}
 
 CONFIGS = {
     "plain": dict(learning_rate=0.7),
@@ -45,7 +48,8 @@ def _run(optimizer, variables, steps, first_step=0):
 
 @pytest.mark.parametrize("copies", [False, True], ids=["same_vars", "copies"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_keras_then_ours_equals_keras_all_the_way(name, copies):
+@pytest.mark.parametrize("face", sorted(FACES))
+def test_keras_then_ours_equals_keras_all_the_way(face, name, copies):
   n, m = 4, 5
   reference_vars = [tf.Variable(v) for v in _initial_values()]
   reference = keras.optimizers.Adadelta(**CONFIGS[name])
@@ -58,7 +62,8 @@ def test_keras_then_ours_equals_keras_all_the_way(name, copies):
   _run(keras_opt, keras_vars, n)
   ours_vars = ([tf.Variable(v.numpy()) for v in keras_vars] if copies
                else keras_vars)
-  ours = tf_adadelta.Adadelta.from_keras(keras_opt, variables=ours_vars)
+  ours = FACES[face].from_keras(keras_opt, variables=ours_vars)
+  assert type(ours) is FACES[face]
   _run(ours, ours_vars, m, first_step=n)
 
   for actual, expected in zip(ours_vars, reference_vars):
@@ -92,13 +97,15 @@ def test_exclusion_is_carried_over():
   np.testing.assert_array_equal(after[4], before[4])
 
 
-def test_accumulation_counters_map_raw_steps():
+@pytest.mark.parametrize("face", sorted(FACES))
+def test_accumulation_counters_map_raw_steps(face):
   variables = [tf.Variable(v) for v in _initial_values()]
   keras_opt = keras.optimizers.Adadelta(gradient_accumulation_steps=3)
   _run(keras_opt, variables, 7)
-  ours = tf_adadelta.Adadelta.from_keras(keras_opt, variables=variables)
-  assert int(ours.micro_iterations.numpy()) == 7
-  assert int(ours.iterations.numpy()) == 2 == int(keras_opt.iterations)
+  ours = FACES[face].from_keras(keras_opt, variables=variables)
+  raw = ours.micro_iterations if face == "module" else ours._iterations  # pylint: disable=protected-access
+  assert int(raw.numpy()) == 7
+  assert int(np.asarray(ours.iterations)) == 2 == int(keras_opt.iterations)
   for var, acc in zip(variables, keras_opt._accumulated_gradients):
     np.testing.assert_array_equal(
         ours.get_slot(var, "gradient_accumulator").numpy(), acc.numpy())
@@ -114,6 +121,12 @@ def test_unbuilt_keras_optimizer_gives_config_only():
   for key, value in keras_opt.get_config().items():
     if key in config:
       assert config[key] == pytest.approx(value), key
+
+
+def test_loss_scale_optimizer_error_names_its_inner_optimizer():
+  wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adadelta())
+  with pytest.raises(TypeError, match="inner_optimizer"):
+    tf_adadelta.keras.Adadelta.from_keras(wrapped)
 
 
 def test_errors():
@@ -160,3 +173,44 @@ def test_keras_model_variables_after_fit():
                                atol=1e-7)
   assert int(optimizer.iterations.numpy()) == int(
       reference.optimizer.iterations.numpy()) == 2
+
+
+@pytest.mark.parametrize("config", ["accumulation_ema", "decay_clip_schedule"])
+def test_fit_with_keras_then_with_the_keras_face_equals_keras_fit(config):
+  """A `fit` user switches optimizers between two `fit` calls."""
+  rng = np.random.RandomState(0)
+  x = rng.rand(40, 3).astype(np.float32)
+  y = rng.rand(40, 2).astype(np.float32)
+
+  def make_model():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)),
+                              keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adadelta(**CONFIGS[config]),
+                  loss="mse")
+    return model
+
+  # 5 calls an epoch: the switch comes mid-way through an accumulation.
+  fit = dict(batch_size=8, shuffle=False, verbose=0)
+  reference = make_model()
+  reference.fit(x, y, epochs=2, **fit)
+  reference.fit(x, y, epochs=2, **fit)
+  model = make_model()
+  model.fit(x, y, epochs=2, **fit)
+  ours = tf_adadelta.keras.Adadelta.from_keras(
+      model.optimizer, variables=model.trainable_variables)
+  model.compile(optimizer=ours, loss="mse")
+  model.fit(x, y, epochs=2, **fit)
+
+  for actual, expected in zip(model.trainable_variables,
+                              reference.trainable_variables):
+    np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5,
+                               atol=1e-6)
+  for i, variable in enumerate(model.trainable_variables):
+    np.testing.assert_allclose(
+        ours.get_slot(variable, "accumulated_grad").numpy(),
+        reference.optimizer._accumulated_grads[i].numpy(), rtol=1e-5,  # pylint: disable=protected-access
+        atol=1e-7)
+  assert int(np.asarray(ours.iterations)) == int(
+      np.asarray(reference.optimizer.iterations)) > 0

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tf_adadelta import arguments
 from tf_adadelta import distribution
+from tf_adadelta import keras_migration
 from tf_adadelta import learning_rate as lr_lib
 from tf_adadelta import slots as slots_lib
 from tf_adadelta import step as step_lib
@@ -255,6 +256,28 @@ class Adadelta(keras.optimizers.Optimizer):
     """Creates an optimizer from `get_config()` (or a Keras Adadelta config)."""
     return cls(**arguments.from_config_args(config, custom_objects))
 
+  @classmethod
+  def from_keras(cls, keras_optimizer, variables=None) -> "Adadelta":
+    """Continues a `keras.optimizers.Adadelta` run, for example in `fit`.
+
+    >>> model.compile(optimizer=tf_adadelta.keras.Adadelta.from_keras(
+    ...     model.optimizer, variables=model.trainable_variables), loss="mse")
+
+    Args:
+      keras_optimizer: A `keras.optimizers.Adadelta`, built or not.
+      variables: Required when `keras_optimizer` is built: the variables it
+        was built with, or copies of them, in the same order.
+
+    Returns:
+      A new optimizer with the Keras config; when `keras_optimizer` is built,
+      also its step count and every slot, built on `variables`.
+
+    Raises:
+      TypeError: `keras_optimizer` is not a `keras.optimizers.Adadelta`.
+      ValueError: `variables` is missing or does not match.
+    """
+    return keras_migration.from_keras(cls, keras_optimizer, variables)
+
   def save_own_variables(self, store):
     values = self._tf_adadelta.pending_values
     if values is None:
@@ -294,6 +317,9 @@ class Adadelta(keras.optimizers.Optimizer):
             f"value has shape {tuple(value.shape)}; nothing was loaded.")
     for variable, value in zip(own, values):
       variable.assign(value)
+
+  def _assign_call_count(self, calls: int) -> None:
+    self._tf_adadelta.step.assign_call_count(calls)
 
   def _create_slots(self, variables):
     variables = [validation.check_variable(v) for v in variables]

@@ -1,10 +1,11 @@
-"""Continuing a run of `keras.optimizers.Adadelta` with `tf_adadelta.Adadelta`.
+"""Continuing a run of `keras.optimizers.Adadelta` with either face.
 
 Keras keeps its state in lists ordered like the variables it was built with
 (`_trainable_variables`), and one raw step counter, `_iterations`, that counts
 `apply` calls (with gradient accumulation its public `iterations` is
 `_iterations // gradient_accumulation_steps`). `from_keras` copies the config,
-that counter and every slot onto an `Adadelta`, slot by slot in that order.
+that counter and every slot onto `tf_adadelta.Adadelta` or
+`tf_adadelta.keras.Adadelta`, slot by slot in that order.
 """
 
 from typing import Optional, Sequence
@@ -25,15 +26,12 @@ _KERAS_SLOT_LISTS = (
 _IGNORED_CONFIG_KEYS = frozenset(["jit_compile"])
 
 
-def _as_tf_variable(variable):
-  """The `tf.Variable` behind a Keras variable (or `variable` itself)."""
-  if isinstance(variable, tf.Variable):
-    return variable
-  value = getattr(variable, "value", None)
-  if isinstance(value, tf.Variable):
-    return value
-  raise TypeError("`variables` must be tf.Variables or Keras variables. "
-                  f"Received: {variable!r} of type {type(variable).__name__}.")
+def _check_variable(variable):
+  if not isinstance(variable, (tf.Variable, keras.Variable)):
+    raise TypeError("`variables` must be tf.Variables or Keras variables. "
+                    f"Received: {variable!r} of type "
+                    f"{type(variable).__name__}.")
+  return variable
 
 
 def _constructor_args(keras_optimizer):
@@ -71,8 +69,13 @@ def from_keras(cls, keras_optimizer: keras.optimizers.Adadelta,
       not match its variables in number or shapes.
   """
   if not isinstance(keras_optimizer, keras.optimizers.Adadelta):
+    hint = ""
+    if isinstance(getattr(keras_optimizer, "inner_optimizer", None),
+                  keras.optimizers.Adadelta):
+      hint = (" For a LossScaleOptimizer, pass its `inner_optimizer` (the "
+              "loss scale itself is not carried over).")
     raise TypeError("`from_keras` expects a keras.optimizers.Adadelta. "
-                    f"Received: {type(keras_optimizer).__name__}.")
+                    f"Received: {type(keras_optimizer).__name__}.{hint}")
   optimizer = cls(**_constructor_args(keras_optimizer))
   # pylint: disable=protected-access
   keras_variables = list(getattr(keras_optimizer, "_trainable_variables", []))
@@ -84,7 +87,7 @@ def from_keras(cls, keras_optimizer: keras.optimizers.Adadelta,
           f"{len(keras_variables)} variables; pass `variables` (the same "
           "variables or copies, in the order it was built with) so its slots "
           "can be carried over.")
-    variables = [_as_tf_variable(v) for v in variables]
+    variables = [_check_variable(v) for v in variables]
     if len(variables) != len(keras_variables):
       raise ValueError(
           f"The Keras optimizer is built on {len(keras_variables)} variables; "
@@ -120,12 +123,7 @@ def from_keras(cls, keras_optimizer: keras.optimizers.Adadelta,
           optimizer.get_slot(variable, slot_name).assign(
               np.asarray(keras.ops.convert_to_numpy(value)))
 
-  raw_steps = int(keras.ops.convert_to_numpy(keras_optimizer._iterations))
+  optimizer._assign_call_count(  # Each face's counters, from the raw count.
+      int(keras.ops.convert_to_numpy(keras_optimizer._iterations)))
   # pylint: enable=protected-access
-  if optimizer.gradient_accumulation_steps:
-    optimizer.micro_iterations.assign(raw_steps)
-    optimizer.iterations.assign(raw_steps //
-                                optimizer.gradient_accumulation_steps)
-  else:
-    optimizer.iterations.assign(raw_steps)
   return optimizer

@@ -386,6 +386,9 @@ class Adadelta(tf.Module):
 
   # --- State ----------------------------------------------------------------
 
+  def _assign_call_count(self, calls: int) -> None:
+    self._step.assign_call_count(calls)
+
   def _raw_step(self) -> tf.Variable:
     """The count of `apply` calls, which schedules see (Keras's `_iterations`)."""
     if self.gradient_accumulation_steps:

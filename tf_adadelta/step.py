@@ -212,6 +212,12 @@ class Step:
           grads, [variables_lib.unwrap(v) for v in user_vars])
     return grads, user_vars, without_grads, shape_checks
 
+  def assign_call_count(self, calls: int) -> None:
+    """Sets the raw call counter, and the count of applied steps it implies."""
+    self._state.calls.assign(calls)
+    if self._state.applied is not None:
+      self._state.applied.assign(calls // self._hyper.gradient_accumulation_steps)
+
   @tf.autograph.experimental.do_not_convert
   def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
     """With `use_ema`, sets each variable to its moving average."""
