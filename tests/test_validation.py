@@ -373,3 +373,15 @@ def test_keras_face_refuses_a_variable_it_was_not_built_with():
   keras.optimizers.Adadelta(learning_rate=1.0).apply_gradients(
       [(tf.ones([2]), expected)])
   np.testing.assert_allclose(late.numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_keras_face_built_again_with_its_variables_changes_nothing():
+  """`LossScaleOptimizer.build` builds an inner optimizer that may be built."""
+  variables = _model()
+  opt = _optimizer("all_state", 3, variables, tf_adadelta.keras.Adadelta)
+  before = state_snapshot.snapshot(opt, variables)
+  opt.build(variables)
+  state_snapshot.assert_unchanged(before, opt, variables)
+  wrapped = keras.optimizers.LossScaleOptimizer(opt)
+  wrapped.apply_gradients(zip(_grads(), variables))
+  assert int(opt._iterations.numpy()) == 4  # pylint: disable=protected-access

@@ -328,6 +328,8 @@ class Adadelta(keras.optimizers.Optimizer):
       # the order of `build`, so a variable added later could not be told
       # apart from another of its shape when the file is loaded.
       unknown = [v for v in variables if not self._tf_adadelta.table.has(v)]
+      if not unknown:
+        return  # Built again with its own variables (LossScaleOptimizer).
       raise ValueError(
           f"Unknown variable '{variables_lib.path(unknown[0])}': optimizer "
           f"'{self.name}' was built with {len(self._trainable_variables)} "
