@@ -14,6 +14,9 @@ Contenders:
                      `tf.function` (no `build()`), the user's path.
   keras              `keras.optimizers.Adadelta(1.0)` on `keras.Variable`s,
                      built inside the `tf.function` as well.
+  tf_adadelta.keras  `tf_adadelta.keras.Adadelta(1.0)` (the Keras face) on
+                     `keras.Variable`s, built inside the `tf.function` (not
+                     in the default list; pass --contenders).
   ... featured       the same with weight_decay=1e-4, global_clipnorm=1.0 and
                      use_ema=True.
 
@@ -95,9 +98,12 @@ def _contender_step(name: str, shapes: Sequence[Tuple[int, ...]]):
         tf.raw_ops.ResourceApplyAdadelta(
             var=v.handle, accum=acc.handle, accum_update=acc_update.handle,
             grad=g, **hyper)
-  elif name.startswith("keras"):
+  elif name.startswith("keras") or name.startswith("tf_adadelta.keras"):
+    import tf_adadelta  # pylint: disable=g-import-not-at-top
     variables = [keras.Variable(v) for v in initial]
-    optimizer = keras.optimizers.Adadelta(**config)
+    face = (keras.optimizers.Adadelta if name.startswith("keras")
+            else tf_adadelta.keras.Adadelta)
+    optimizer = face(**config)
     step = tf.function(lambda grads: optimizer.apply(grads, variables))
   elif name.startswith("tf_adadelta"):
     import tf_adadelta  # pylint: disable=g-import-not-at-top
