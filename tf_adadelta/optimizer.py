@@ -189,6 +189,7 @@ class Adadelta(tf.Module):
     else:
       self._learning_rate = value
 
+  @tf.autograph.experimental.do_not_convert
   def build(self, variables: Sequence[tf.Variable]) -> None:
     """Creates the slots of `variables` now rather than on first use.
 
@@ -225,6 +226,7 @@ class Adadelta(tf.Module):
                      "its first update or from `build`.")
     return slot
 
+  @tf.autograph.experimental.do_not_convert
   def apply_gradients(self, grads_and_vars: Iterable[Tuple[Any, tf.Variable]],
                       *, skip_gradients_aggregation: Optional[bool] = None
                       ) -> tf.Variable:
@@ -250,6 +252,7 @@ class Adadelta(tf.Module):
     self._step.apply_gradients(grads_and_vars, skip_gradients_aggregation)
     return self.iterations
 
+  @tf.autograph.experimental.do_not_convert
   def apply(self, grads: Sequence[Any],
             trainable_variables: Optional[Sequence[tf.Variable]] = None
             ) -> tf.Variable:
