@@ -47,12 +47,13 @@ def test_fit_benchmark_quick_run_prints_both_contenders():
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [[cell.strip() for cell in line.strip("|").split("|")]
           for line in result.stdout.splitlines() if line.startswith("| ")]
-  assert rows[0] == ["config", "contender", "ms/step", "vs keras"]
+  assert rows[0] == ["config", "contender", "ms/step", "vs keras",
+                     "first fit (s)"]
   seen = {(row[0], row[1]) for row in rows[1:]}
   assert seen == {(c, n) for c in ("plain", "featured")
                   for n in ("keras", "tf_adadelta")}
   for row in rows[1:]:
-    assert float(row[2]) > 0
+    assert float(row[2]) > 0 and float(row[4]) > 0
 
 
 def test_first_step_benchmark_quick_run_prints_both_tables():
