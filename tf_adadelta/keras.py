@@ -215,10 +215,6 @@ class Adadelta(keras.optimizers.Optimizer):
                      f"{self.get_slot_names()}.")
     return slot
 
-  # Keras's names for two slot lists, read by Keras's own code
-  # (`keras.callbacks.SwapEMAWeights`) and by code written for its optimizers.
-  # Both are aligned with `_trainable_variables` and exist once built.
-
   @property
   def learning_rate(self):
     return super().learning_rate
@@ -230,6 +226,10 @@ class Adadelta(keras.optimizers.Optimizer):
     if not (tf.is_tensor(value) or isinstance(value, keras.Variable)):
       lr_lib.check(value)
     keras.optimizers.Optimizer.learning_rate.fset(self, value)
+
+  # Keras's names for two slot lists, read by Keras's own code
+  # (`keras.callbacks.SwapEMAWeights`) and by code written for its optimizers.
+  # Both are aligned with `_trainable_variables` and exist once built.
 
   @property
   def _model_variables_moving_average(self):

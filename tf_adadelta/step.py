@@ -155,11 +155,10 @@ class Step:
     `skip_nonfinite_steps` and a non-finite gradient, counted as skipped).
     """
     hyper, state = self._hyper, self._state
-    grads, user_vars, without_grads, shape_checks = self._checked(
+    grads, user_vars, tf_vars, without_grads, shape_checks = self._checked(
         grads_and_vars)
     if not user_vars:
       return
-    tf_vars = [variables_lib.unwrap(v) for v in user_vars]
     # As Keras, variables without a gradient get slots too (EMA averages them,
     # and `finalize_variable_values` finds their average).
     new = [v for v in user_vars + without_grads if not state.slots.has(v)]
@@ -206,17 +205,18 @@ class Step:
   def _checked(grads_and_vars):
     grads, user_vars, without_grads = validation.check_grads_and_vars(
         grads_and_vars)
+    tf_vars = [variables_lib.unwrap(v) for v in user_vars]
     shape_checks = []
     if user_vars:
-      grads, shape_checks = validation.ensure_shapes(
-          grads, [variables_lib.unwrap(v) for v in user_vars])
-    return grads, user_vars, without_grads, shape_checks
+      grads, shape_checks = validation.ensure_shapes(grads, tf_vars)
+    return grads, user_vars, tf_vars, without_grads, shape_checks
 
   def assign_call_count(self, calls: int) -> None:
     """Sets the raw call counter, and the count of applied steps it implies."""
     self._state.calls.assign(calls)
     if self._state.applied is not None:
-      self._state.applied.assign(calls // self._hyper.gradient_accumulation_steps)
+      self._state.applied.assign(
+          calls // self._hyper.gradient_accumulation_steps)
 
   @tf.autograph.experimental.do_not_convert
   def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
