@@ -98,11 +98,8 @@ def _state(trainer):
   for var in trainer.model_variables():
     values += [optimizer.get_slot(var, name).numpy()
                for name in optimizer.get_slot_names()]
-  # The Keras face's raw call counter is Keras's `_iterations`.
-  calls = getattr(optimizer, "micro_iterations", None)
-  if calls is None:
-    calls = optimizer._iterations  # pylint: disable=protected-access
-  return values + [np.asarray(optimizer.iterations), calls.numpy()]
+  return values + [optimizer.iterations.numpy(),
+                   optimizer.micro_iterations.numpy()]
 
 
 def _trained(steps, deep=False, kind=variable_kinds.TF,
