@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_adadelta import arguments
+from tf_adadelta import checkpoint_layouts
 from tf_adadelta import distribution
 from tf_adadelta import keras_migration
 from tf_adadelta import learning_rate as lr_lib
@@ -101,13 +102,44 @@ class Adadelta(keras.optimizers.Optimizer):
                      else None),
             learning_rate=lambda: self.learning_rate,
             uses_weight_decay=exclusions.uses_weight_decay,
-            create_slots=self._create_slots)))
+            create_slots=self._create_slots)),
+        reader=checkpoint_layouts.StateReader(
+            self, table, checkpoint_layouts.KERAS_FACE,
+            call_count=self._iterations,
+            slot_names=lambda variable: step_lib.slot_names(self, variable)))
 
   def __dir__(self):
     # TensorFlow's checkpointer takes an object listing `get_slot_names` for
     # an OptimizerV2 with `tf.Variable` slots. These slots are Keras
     # variables, checkpointed as Keras's optimizers' are: in `variables`.
     return [n for n in super().__dir__() if n != "get_slot_names"]
+
+  # --- Checkpoints of other layouts -----------------------------------------
+  # A checkpoint may hold `tf_adadelta.Adadelta`'s state (slots through the
+  # slot-variable protocol, `iterations`), Keras's Adadelta's (its slot lists
+  # are ordered otherwise than this face's `_variables`) or this face's own.
+  # TensorFlow hands what it cannot place to `_deferred_dependencies` and
+  # `_create_or_restore_slot_variable`; `checkpoint_layouts` places it, this
+  # face's own `_variables` included, by the build order.
+
+  def _lookup_dependency(self, name, cached_dependencies=None):
+    if name == "_variables":
+      return None
+    return super()._lookup_dependency(name, cached_dependencies)
+
+  @property
+  def _deferred_dependencies(self):
+    deferred = super()._deferred_dependencies
+    held = self.__dict__.get("_tf_adadelta")
+    return deferred if held is None else held.reader.deferred_dependencies(
+        deferred)
+
+  def _create_or_restore_slot_variable(self, slot_variable_position, slot_name,
+                                       variable, slot_variable_shape=None):
+    del slot_variable_shape
+    held = self._tf_adadelta
+    return held.table.create_or_restore(
+        slot_variable_position, held.reader.slot_name(slot_name), variable)
 
   # --- Keras's protocol -----------------------------------------------------
   # Not converted by AutoGraph (a user's `tf.function` and `fit`'s step
@@ -344,6 +376,7 @@ class Adadelta(keras.optimizers.Optimizer):
           "position). For a new set of variables (for example after "
           "unfreezing layers), create a new optimizer; "
           "`tf_adadelta.Adadelta` takes new variables at any time.")
+    self._tf_adadelta.reader.before_build(variables)
     for variable in variables:
       self._tf_adadelta.table.create(
           variable, step_lib.slot_names(self, variable),

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import tensorflow as tf
 
 from tf_adadelta import arguments
+from tf_adadelta import checkpoint_layouts
 from tf_adadelta import keras_migration
 from tf_adadelta import learning_rate as lr_lib
 from tf_adadelta import slots as slots_lib
@@ -157,6 +158,11 @@ class Adadelta(tf.Module):
     object.__setattr__(self, "_slot_table", table)
     object.__setattr__(self, "_slot_variables", table.all_slots)
     object.__setattr__(self, "_exclusions", exclusions)
+    object.__setattr__(self, "_state_reader", checkpoint_layouts.StateReader(
+        self, table, checkpoint_layouts.MODULE, call_count=self._raw_step(),
+        slot_names=lambda variable: step_lib.slot_names(self, variable),
+        derived_counters=([self.iterations] if gradient_accumulation_steps
+                          else [])))
     object.__setattr__(self, "_step", step_lib.Step(self, step_lib.StepState(
         slots=table, calls=self._raw_step(),
         applied=self.iterations if gradient_accumulation_steps else None,
@@ -198,8 +204,11 @@ class Adadelta(tf.Module):
 
     Raises:
       TypeError: An element is not a float `tf.Variable` or Keras variable.
+      ValueError: A checkpoint restored before holds the state of other
+        variables (another number, or other shapes).
     """
     variables = [validation.check_variable(v) for v in variables]
+    self._state_reader.before_build(variables)
     for variable in variables:
       self._slot_table.create(variable, step_lib.slot_names(self, variable),
                               step_lib.slot_initializers(variable))
@@ -401,9 +410,22 @@ class Adadelta(tf.Module):
   # --- Checkpoint slot protocol ---------------------------------------------
 
   def _create_or_restore_slot_variable(self, slot_variable_position, slot_name,
-                                       variable):
-    return self._slot_table.create_or_restore(slot_variable_position,
-                                              slot_name, variable)
+                                       variable, slot_variable_shape=None):
+    del slot_variable_shape
+    return self._slot_table.create_or_restore(
+        slot_variable_position, self._state_reader.slot_name(slot_name),
+        variable)
+
+  # Checkpoints of `tf_adadelta.keras.Adadelta` and `keras.optimizers.Adadelta`
+  # name their state otherwise; TensorFlow defers those names here, and the
+  # reader restores them (`checkpoint_layouts`).
+
+  @property
+  def _deferred_dependencies(self):
+    deferred = super()._deferred_dependencies
+    reader = self.__dict__.get("_state_reader")
+    return deferred if reader is None else reader.deferred_dependencies(
+        deferred)
 
   # A SavedModel holds the slots as ordinary children (`slots.SlotExport`)
   # instead of slot references, so it loads without this library; checkpoints

@@ -379,21 +379,41 @@ class ExportedSlotsRestorer(tf_internals.Trackable):
     variable_id = children.pop(VARIABLE_LINK, None)
     if optimizer is None or variable_id is None:
       return
-    variable = checkpoint.object_by_proto_id.get(variable_id)
-    optimizer_id = None
+    optimizer_id = next(node_id for node_id, obj in
+                        list(checkpoint.object_by_proto_id.items())
+                        if obj is optimizer)
+    restore_by_identity(optimizer, checkpoint, optimizer_id, variable_id,
+                        children, group_position.create_child_position)
+
+
+def restore_by_identity(optimizer, checkpoint, optimizer_id: int,
+                        variable_id: int, slot_ids: Dict[str, int],
+                        position_of: Callable) -> None:
+  """Restores slots saved beside a variable's node, matched by identity.
+
+  When the restore has already matched the variable's node to a Python
+  variable, the values go through the optimizer's slot hook now (restored,
+  or kept until the slot is created); otherwise they are registered as
+  TensorFlow slot restorations of that node, resolved when it is matched.
+
+  Args:
+    optimizer: The optimizer (it has `_create_or_restore_slot_variable`).
+    checkpoint: The restore's checkpoint object.
+    optimizer_id: The optimizer's node id in the checkpoint.
+    variable_id: The node id of the variable the slots belong to.
+    slot_ids: Slot name -> the node id of its saved value.
+    position_of: `fn(node_id)`: the checkpoint position of a node.
+  """
+  variable = checkpoint.object_by_proto_id.get(variable_id)
+  for slot_name, slot_id in slot_ids.items():
     if variable is None:
-      optimizer_id = next(node_id for node_id, obj in
-                          list(checkpoint.object_by_proto_id.items())
-                          if obj is optimizer)
-    for slot_name, slot_id in children.items():
-      if variable is None:
-        checkpoint.slot_restorations[variable_id].append(
-            tf_internals.slot_variable_restoration(
-                optimizer_id=optimizer_id, slot_variable_id=slot_id,
-                slot_name=slot_name))
-        continue
-      slot_position = group_position.create_child_position(slot_id)
-      slot = optimizer._create_or_restore_slot_variable(  # pylint: disable=protected-access
-          slot_position, slot_name, variable)
-      if slot is not None:
-        slot_position.restore(slot)
+      checkpoint.slot_restorations[variable_id].append(
+          tf_internals.slot_variable_restoration(
+              optimizer_id=optimizer_id, slot_variable_id=slot_id,
+              slot_name=slot_name))
+      continue
+    slot_position = position_of(slot_id)
+    slot = optimizer._create_or_restore_slot_variable(  # pylint: disable=protected-access
+        slot_position, slot_name, variable)
+    if slot is not None:
+      slot_position.restore(slot)

@@ -91,6 +91,21 @@ def mark_restored_no_earlier_than(variable, others) -> None:
   # pylint: enable=protected-access
 
 
+def mark_matched(checkpoint, trackable) -> None:
+  """Counts `trackable` as given a value by a restore that set it itself.
+
+  `assert_consumed` fails for a Python object that no checkpoint node is
+  bound to. A counter derived from a restored one (the module face's
+  `iterations` from a Keras call count) has no node of its own; it is
+  recorded under a key that is no node id.
+
+  Args:
+    checkpoint: The restore's checkpoint object (`position.checkpoint`).
+    trackable: The object the restore set.
+  """
+  checkpoint.object_by_proto_id[("derived", id(trackable))] = trackable
+
+
 # TensorFlow finds the optimizers whose slots a checkpoint records by the
 # name of this method (`"get_slot_names" in dir(obj)`); hiding it while a
 # SavedModel is written keeps slot references out of the SavedModel.
