@@ -7,8 +7,8 @@ A checkpoint's optimizer node has one of four layouts:
   and `_learning_rate`; slots through TensorFlow's slot-variable protocol,
   recorded against their variable's node.
 - `KERAS_FACE` (`tf_adadelta.keras.Adadelta`): `_iterations` (calls),
-  `_learning_rate`, `skipped_steps`, and `_variables`: those, then each
-  variable's slots (in `step.slot_names` order), variable by variable in the
+  `_learning_rate`, `skipped_steps`, and `_variables`: those, then the slots
+  in the order of Keras's (`keras_variable_order`), for the variables in the
   order the optimizer was built with. Nothing records which variable a slot
   belongs to.
 - `KERAS` (`keras.optimizers.Adadelta`): `_iterations`, `_learning_rate`,
@@ -85,6 +85,12 @@ def detect(children: Dict[str, int]) -> str:
   return TF1
 
 
+# The groups of slots in the order Keras's Adadelta creates them, variable by
+# variable within each group; the Keras face creates its slots so too.
+KERAS_CREATION_ORDER = (("average",), ("gradient_accumulator",),
+                        ("accumulated_grad", "accumulated_delta_var"))
+
+
 def keras_variable_order(variables: Sequence[Any],
                          slot_names: Callable[[Any], List[str]]
                          ) -> List[tuple]:
@@ -95,28 +101,12 @@ def keras_variable_order(variables: Sequence[Any],
     slot_names: `fn(variable)`: the slots the face gives it.
 
   Returns:
-    One pair per slot, in the order a `keras.optimizers.Adadelta` built on
-    `variables` lists them after its counters.
+    One pair per slot, in the order a `keras.optimizers.Adadelta` (or the
+    Keras face) built on `variables` lists them after its counters.
   """
-  order = []
-  for slot_name in KERAS_SLOT_LISTS.values():
-    for index, variable in enumerate(variables):
-      if slot_name in ("average", "gradient_accumulator"):
-        if slot_name in slot_names(variable):
-          order.append((index, slot_name))
-  for index, variable in enumerate(variables):
-    for slot_name in ("accumulated_grad", "accumulated_delta_var"):
-      if slot_name in slot_names(variable):
-        order.append((index, slot_name))
-  return order
-
-
-def face_variable_order(variables: Sequence[Any],
-                        slot_names: Callable[[Any], List[str]]
-                        ) -> List[tuple]:
-  """`(variable index, slot name)` in the order of the Keras face's slots."""
-  return [(index, slot_name) for index, variable in enumerate(variables)
-          for slot_name in slot_names(variable)]
+  return [(index, name) for group in KERAS_CREATION_ORDER
+          for index, variable in enumerate(variables)
+          for name in slot_names(variable) if name in group]
 
 
 class _Appender:
@@ -340,7 +330,7 @@ class StateReader:
                       for variable, slot_ids in matched
                       for name, slot_id in slot_ids.items())
     else:
-      order = face_variable_order(variables, self._slot_names)
+      order = keras_variable_order(variables, self._slot_names)
       if len(order) != len(pending.positions):
         raise ValueError(
             f"Cannot restore this checkpoint's optimizer state into "

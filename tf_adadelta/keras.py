@@ -36,14 +36,16 @@ class Adadelta(keras.optimizers.Optimizer):
 
   >>> model.compile(optimizer=tf_adadelta.keras.Adadelta(1.0), loss="mse")
 
-  State is Keras variables, in `variables` in a fixed order: `iterations`
-  (Keras's raw call counter), the learning rate (for a float rate),
-  `skipped_steps` (with `skip_nonfinite_steps`), then per variable, in the
-  order of `build`, its slots `accumulated_grad`, `accumulated_delta_var`,
-  `average` (`use_ema`) and `gradient_accumulator` (accumulation). Keras's
-  files save them by position; loading a different number raises
-  `ValueError` instead of dropping the state, and values loaded before the
-  optimizer is built are kept until `build`.
+  State is Keras variables, in `variables` in the order of
+  `keras.optimizers.Adadelta`'s: `iterations` (Keras's raw call counter), the
+  learning rate (for a float rate), `skipped_steps` (with
+  `skip_nonfinite_steps`), then, variables in the order of `build`, every
+  `average` (`use_ema`), every `gradient_accumulator` (accumulation), and
+  each variable's `accumulated_grad` and `accumulated_delta_var`. Keras's
+  files save them by position, so files of Keras's Adadelta load into this
+  face and back; loading a different number raises `ValueError` instead of
+  dropping the state, and values loaded before the optimizer is built are
+  kept until `build`.
   """
 
   def __init__(self,
@@ -377,10 +379,16 @@ class Adadelta(keras.optimizers.Optimizer):
           "unfreezing layers), create a new optimizer; "
           "`tf_adadelta.Adadelta` takes new variables at any time.")
     self._tf_adadelta.reader.before_build(variables)
-    for variable in variables:
-      self._tf_adadelta.table.create(
-          variable, step_lib.slot_names(self, variable),
-          step_lib.slot_initializers(variable))
+    # In the order of Keras's Adadelta (every average, every gradient
+    # accumulator, then each variable's two Adadelta slots), so that the
+    # positional formats (`.keras` and `.weights.h5` files, `BackupAndRestore`,
+    # checkpoints' `_variables`) hold the same state at the same positions.
+    for slot_group in checkpoint_layouts.KERAS_CREATION_ORDER:
+      for variable in variables:
+        names = [name for name in step_lib.slot_names(self, variable)
+                 if name in slot_group]
+        self._tf_adadelta.table.create(variable, names,
+                                       step_lib.slot_initializers(variable))
 
   def _make_slot(self, variable, slot_name, initial_value, name):
     del name  # Keras variable names cannot hold "/".
