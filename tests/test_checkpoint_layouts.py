@@ -310,3 +310,40 @@ def test_weights_files_move_between_keras_and_the_keras_face(direction,
   resumed.load_weights(str(tmp_path / "run.weights.h5"))
   _fit(resumed)
   _assert_weights(resumed, _fit_reference(2))
+
+
+# --- Under MirroredStrategy --------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_keras_checkpoint_continues_under_mirrored_strategy(reader, tmp_path):
+  # A one-device run of Keras's Adadelta, resumed on two replicas.
+  from tests import distributed_model as dm  # pylint: disable=g-import-not-at-top
+  strategy = dm.mirrored_strategy()
+  path, written = _write("keras", "everything", str(tmp_path))
+  with strategy.scope():
+    model = _model()
+    optimizer = READERS[reader](**_everything())
+  model.set_weights(written.get_weights())
+  status = tf.train.Checkpoint(model=model, optimizer=optimizer).restore(path)
+
+  @tf.function
+  def step(x, y):
+    def replica_step(x, y):
+      with tf.GradientTape() as tape:
+        # Each replica's share of the mean over the global batch: the
+        # gradients summed across replicas are the one-device gradients.
+        loss = tf.reduce_sum((model(x) - y) ** 2) / (8.0 * 2.0)
+      optimizer.apply_gradients(zip(
+          tape.gradient(loss, model.trainable_variables),
+          model.trainable_variables))
+    halves = lambda t: tf.split(t, strategy.num_replicas_in_sync)
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: tuple(
+            halves(t)[context.replica_id_in_sync_group] for t in (x, y)))
+    strategy.run(replica_step, args=values)
+
+  for index in range(STEPS_BEFORE, STEPS_BEFORE + STEPS_AFTER):
+    step(*_batch(index))
+  status.assert_consumed()
+  _assert_same(model, optimizer, *_reference("everything"))
