@@ -1,7 +1,9 @@
 """BUILD lists every module, test and example in the tree.
 
-Bazel cannot fetch its rules offline here, so this test parses BUILD as
-Starlark-shaped Python and checks its targets against the files on disk.
+The checks that need no Bazel: this test parses BUILD as Starlark-shaped
+Python and checks its targets against the files on disk, and that every
+py_test target runs its file's tests with pytest. `bazel test` itself runs the
+targets (README, "Development"; CI runs a subset).
 """
 
 import ast
@@ -9,22 +11,30 @@ import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTEST_MAIN = "tests/bazel_pytest_main.py"
 
 
-def _targets():
-  """Returns {rule: [(name, srcs)]} read from BUILD."""
+def _calls():
+  """Returns [(rule, {attribute: expression})] for BUILD's named targets."""
   with open(os.path.join(ROOT, "BUILD")) as f:
     tree = ast.parse(f.read(), filename="BUILD")
-  targets = {}
+  calls = []
   for node in tree.body:
     if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
       continue
     call = node.value
     kwargs = {k.arg: k.value for k in call.keywords}
-    if "name" not in kwargs:
-      continue
+    if "name" in kwargs:
+      calls.append((call.func.id, kwargs))
+  return calls
+
+
+def _targets():
+  """Returns {rule: [(name, srcs)]} read from BUILD."""
+  targets = {}
+  for rule, kwargs in _calls():
     srcs = ast.literal_eval(kwargs["srcs"]) if "srcs" in kwargs else []
-    targets.setdefault(call.func.id, []).append(
+    targets.setdefault(rule, []).append(
         (ast.literal_eval(kwargs["name"]), srcs))
   return targets
 
@@ -75,3 +85,24 @@ def test_every_listed_file_exists():
 def test_target_names_are_unique():
   names = [name for targets in _targets().values() for name, _ in targets]
   assert len(names) == len(set(names))
+
+
+def test_every_py_test_runs_its_file_with_pytest():
+  """Each py_test's main is the shared pytest main, given the test file.
+
+  Bazel runs a py_test's main as a script; a test file run that way only
+  defines its tests and exits 0, so a target without the shared main passes
+  whatever its tests do.
+  """
+  py_tests = [kwargs for rule, kwargs in _calls() if rule == "py_test"]
+  assert py_tests
+  for kwargs in py_tests:
+    name = ast.literal_eval(kwargs["name"])
+    srcs = ast.literal_eval(kwargs["srcs"])
+    tests = [src for src in srcs if src != PYTEST_MAIN]
+    assert tests == [f"tests/{name}.py"], (name, srcs)
+    assert PYTEST_MAIN in srcs, name
+    assert "main" in kwargs, name
+    assert ast.literal_eval(kwargs["main"]) == PYTEST_MAIN, name
+    args = ast.literal_eval(kwargs["args"]) if "args" in kwargs else []
+    assert args[:1] == tests, (name, args)
