@@ -112,6 +112,18 @@ def _resume(out_dir):
   os.remove(os.path.join(out_dir, "pause_at"))
 
 
+def _start_paused(out_dir, mode, step):
+  """Starts a job that stops after `step`; returns it once it has stopped."""
+  _pause(out_dir, step)
+  job = Job(out_dir, mode)
+  try:
+    job.wait_for_files([f"paused_{i}" for i in range(len(job.processes))])
+  except BaseException:
+    job.kill()
+    raise
+  return job
+
+
 def _run_to_the_end(out_dir, mode):
   job = Job(out_dir, mode)
   codes = job.wait()
@@ -147,10 +159,8 @@ def _loop_reference():
 
 def test_sigterm_to_one_worker_saves_both_and_the_restart_continues(tmp_path):
   out_dir = str(tmp_path)
-  _pause(out_dir, PAUSE_AT)
-  job = Job(out_dir, "loop")
+  job = _start_paused(out_dir, "loop", PAUSE_AT)
   try:
-    job.wait_for_files(["paused_0", "paused_1"])
     job.processes[1].send_signal(signal.SIGTERM)
     _resume(out_dir)
     codes = job.wait()
@@ -170,10 +180,8 @@ def test_sigterm_to_one_worker_saves_both_and_the_restart_continues(tmp_path):
 
 def test_sigkill_of_one_worker_continues_from_the_newest_checkpoint(tmp_path):
   out_dir = str(tmp_path)
-  _pause(out_dir, PAUSE_AT)
-  job = Job(out_dir, "loop")
+  job = _start_paused(out_dir, "loop", PAUSE_AT)
   try:
-    job.wait_for_files(["paused_0", "paused_1"])
     job.processes[1].kill()
     job.processes[1].wait()
     _resume(out_dir)
@@ -200,10 +208,8 @@ def test_fit_with_backup_and_restore_resumes_after_sigterm(tmp_path):
 
   steps_per_epoch = worker.FIT_EXAMPLES // worker.FIT_GLOBAL_BATCH
   # Mid-way through the third epoch.
-  _pause(str(out_dir), 2 * steps_per_epoch + 1)
-  job = Job(str(out_dir), "fit")
+  job = _start_paused(str(out_dir), "fit", 2 * steps_per_epoch + 1)
   try:
-    job.wait_for_files(["paused_0"])
     job.processes[0].send_signal(signal.SIGTERM)
     assert job.processes[0].wait(timeout=TIMEOUT_S) == -signal.SIGTERM
   finally:
